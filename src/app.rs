@@ -1,0 +1,250 @@
+//! The application: shared state, the OpenAPI service, middleware order,
+//! binding, serving and graceful shutdown.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use poem::endpoint::BoxEndpoint;
+use poem::http::HeaderValue;
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem_openapi::OpenApiService;
+use tracing::Instrument;
+
+use crate::config::{ConfigError, Settings};
+use crate::http::discovery::{DiscoveryApi, ProviderMetadata};
+use crate::http::oauth2::OAuth2Api;
+use crate::http::ops::OpsApi;
+use crate::keys::{KeyFileError, KeyRing};
+use crate::password::Hasher;
+use crate::store::Db;
+
+pub struct StateInner {
+    pub settings: Settings,
+    /// Without a trailing slash.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audiences: Vec<String>,
+    pub db: Db,
+    pub keys: Arc<KeyRing>,
+    pub hasher: Hasher,
+    /// The discovery document, serialised once.
+    pub discovery: Bytes,
+}
+
+/// Everything a request may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<StateInner>);
+
+impl Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.0
+    }
+}
+
+type Apis = (OAuth2Api, DiscoveryApi, OpsApi);
+
+/// The OpenAPI service; it needs no state, so `gatehouse openapi` can print it.
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (OAuth2Api, DiscoveryApi, OpsApi),
+        "gatehouse",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "An OAuth 2.0 / OpenID Connect identity provider. Clients authenticate with HTTP Basic \
+             (`client_secret_basic`) or in the form body; users' calls carry a Bearer access token.",
+    )
+}
+
+/// The OpenAPI document as committed in `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    openapi_service().spec()
+}
+
+/// Builds the whole HTTP application around `state`.
+pub fn routes(state: AppState) -> BoxEndpoint<'static> {
+    let api = openapi_service();
+    Route::new()
+        .nest("/docs", api.swagger_ui())
+        .at("/openapi.json", api.spec_endpoint())
+        .at("/openapi.yaml", api.spec_endpoint_yaml())
+        .nest("/", api)
+        .data(state)
+        .around(|ep, req| async move { Ok(respond(ep, req).await) })
+        .boxed()
+}
+
+/// Outermost layer: every failure gets its standard shape, every answer a
+/// request id and the security headers.
+async fn respond(ep: Arc<impl Endpoint>, req: Request) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut resp = match ep.call(req).instrument(span).await {
+        Ok(resp) => resp.into_response(),
+        Err(err) => crate::error::render_unhandled(&path, err),
+    };
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", v);
+    }
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+/// A server, bound and ready to run.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    state: AppState,
+    port: u16,
+}
+
+impl Application {
+    /// Binds, connects the database, applies migrations, makes sure a key
+    /// exists and loads the key ring.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        for warning in settings.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| ConfigError {
+                variable: "GATEHOUSE_LISTEN",
+                problem: format!("cannot listen on {}: {e}", settings.listen),
+            })?;
+        let addr = listener.local_addr()?;
+        let issuer = settings
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let audiences = settings.audience.clone().unwrap_or_else(|| vec![issuer.clone()]);
+        let db = Db::connect(&settings.database_url).await?;
+        db.migrate().await?;
+        let now = crate::now();
+        crate::keys::bootstrap(&db, &settings.keys_dir, now)
+            .await
+            .map_err(|e| match e.downcast_ref::<KeyFileError>() {
+                Some(KeyFileError::Write { path, source }) => anyhow::Error::new(ConfigError {
+                    variable: "GATEHOUSE_KEYS_DIR",
+                    problem: format!(
+                        "no key found and cannot write one to {}: {source}",
+                        path.display()
+                    ),
+                }),
+                None => e,
+            })?;
+        // A retired key stays published while any token it signed may live.
+        let keys = Arc::new(KeyRing::new(settings.keys_dir.clone(), settings.access_token_ttl));
+        keys.reload(&db, now).await?;
+        if keys.current().signer(now).is_none() {
+            anyhow::bail!(
+                "GATEHOUSE_KEYS_DIR: no usable signing key in {}",
+                settings.keys_dir.display()
+            );
+        }
+        let hasher = tokio::task::spawn_blocking(Hasher::new).await??;
+        let discovery = Bytes::from(serde_json::to_vec(&ProviderMetadata::new(&issuer))?);
+        let acceptor = TcpAcceptor::from_tokio(listener).context("accepting on the listener")?;
+        let port = addr.port();
+        Ok(Application {
+            acceptor,
+            port,
+            state: AppState(Arc::new(StateInner {
+                settings,
+                issuer,
+                audiences,
+                db,
+                keys,
+                hasher,
+                discovery,
+            })),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or Ctrl-C.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `signal` completes, then drains in-flight requests.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let reloader = tokio::spawn(reload_keys(self.state.clone()));
+        tracing::info!(
+            issuer = %self.state.issuer,
+            local = ?self.acceptor.local_addr(),
+            "gatehouse listening"
+        );
+        let result = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(routes(self.state.clone()), signal, Some(Duration::from_secs(20)))
+            .await;
+        reloader.abort();
+        self.state.db.close().await;
+        result.context("serving")
+    }
+}
+
+/// Picks up `keys rotate` / `keys retire` from any instance, once a second.
+async fn reload_keys(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.keys.reload(&state.db, crate::now()).await {
+            tracing::warn!("reloading keys failed: {e:#}");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

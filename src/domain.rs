@@ -1,0 +1,11 @@
+//! Value types that validate on construction: once built, they are known good.
+
+mod email;
+mod grant;
+mod role;
+mod scope;
+
+pub use email::{Email, normalise as normalise_username};
+pub use grant::GrantType;
+pub use role::Role;
+pub use scope::Scope;

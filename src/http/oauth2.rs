@@ -1,0 +1,456 @@
+//! `/oauth2/*`: token, revoke, introspect (form-encoded, RFC 6749 §5.2
+//! errors) and userinfo (Bearer, RFC 6750 §3 errors).
+
+use poem::web::Data;
+use poem_openapi::auth::{Basic, Bearer};
+use poem_openapi::payload::{Form, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::ApiTag;
+use crate::app::AppState;
+use crate::domain::GrantType;
+use crate::error::{BearerErrorResponse, Error, OAuthCode, OAuthErrorResponse};
+use crate::oauth::{self, ClientCredentials, TokenRequest, has_nul, parse_requested_scope};
+
+pub struct OAuth2Api;
+
+/// Client authentication with HTTP Basic (`client_secret_basic`): the
+/// client id and secret, each form-encoded (RFC 6749 §2.3.1).
+#[derive(SecurityScheme)]
+#[oai(ty = "basic")]
+pub struct ClientBasic(Basic);
+
+/// `client_secret_basic`, or the credentials in the form body
+/// (`client_secret_post`, or `client_id` alone for a public client).
+#[derive(SecurityScheme)]
+pub enum ClientAuth {
+    ClientBasic(ClientBasic),
+    #[oai(fallback)]
+    InBody,
+}
+
+/// A user's access token (RFC 6750).
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT")]
+pub struct UserBearer(Bearer);
+
+#[derive(SecurityScheme)]
+pub enum BearerAuth {
+    UserBearer(UserBearer),
+    #[oai(fallback)]
+    Missing,
+}
+
+/// RFC 6749 §4.3.2, §4.4.2 and §6 token request.
+#[derive(Debug, Object, Deserialize)]
+pub struct TokenForm {
+    /// `password`, `refresh_token` or `client_credentials`.
+    pub grant_type: String,
+    /// The user's e-mail address (password grant).
+    pub username: Option<String>,
+    /// The user's password (password grant).
+    #[oai(write_only)]
+    pub password: Option<String>,
+    /// The refresh token (refresh_token grant).
+    #[oai(write_only)]
+    pub refresh_token: Option<String>,
+    /// Space-separated scopes; the client's default when absent.
+    pub scope: Option<String>,
+    /// The client (`client_secret_post`, or a public client).
+    pub client_id: Option<String>,
+    /// The client secret (`client_secret_post`).
+    #[oai(write_only)]
+    pub client_secret: Option<String>,
+}
+
+/// RFC 7009 §2.1 / RFC 7662 §2.1 request.
+#[derive(Debug, Object, Deserialize)]
+pub struct TokenForm2 {
+    /// The token to revoke or introspect.
+    #[oai(write_only)]
+    pub token: String,
+    /// `access_token` or `refresh_token`; a hint only.
+    pub token_type_hint: Option<String>,
+    pub client_id: Option<String>,
+    #[oai(write_only)]
+    pub client_secret: Option<String>,
+}
+
+/// RFC 6749 §5.1 successful token response.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct TokenBody {
+    /// An RFC 9068 JWT, signed RS256.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The scope granted.
+    pub scope: String,
+    /// Single use: each refresh returns a new one.
+    #[oai(skip_serializing_if_is_none)]
+    pub refresh_token: Option<String>,
+    /// OIDC id_token, when `openid` was granted.
+    #[oai(skip_serializing_if_is_none)]
+    pub id_token: Option<String>,
+}
+
+impl poem_openapi::types::Example for TokenBody {
+    fn example() -> Self {
+        TokenBody {
+            access_token: "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6Ii4uLiJ9.eyJpc3MiOiIuLi4ifQ.c2ln"
+                .into(),
+            token_type: "Bearer".into(),
+            expires_in: 900,
+            scope: "openid profile email".into(),
+            refresh_token: Some("ghr_2YotnFZFEjr1zCsicMWpAA2YotnFZFEjr1zCsicMWp".into()),
+            id_token: None,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum TokenResponse {
+    /// Tokens issued.
+    #[oai(status = 200)]
+    Ok(
+        Json<TokenBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum RevokeResponse {
+    /// Revoked, or nothing to revoke (RFC 7009 §2.2).
+    #[oai(status = 200)]
+    Ok(#[oai(header = "Cache-Control")] String),
+}
+
+/// RFC 7662 §2.2 introspection response; inactive is exactly `{"active":false}`.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct IntrospectionBody {
+    pub active: bool,
+    #[oai(skip_serializing_if_is_none)]
+    pub sub: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_id: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub scope: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub exp: Option<i64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub iat: Option<i64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub iss: Option<String>,
+    /// A string, or an array of strings.
+    #[oai(skip_serializing_if_is_none)]
+    pub aud: Option<serde_json::Value>,
+    /// The user's e-mail address.
+    #[oai(skip_serializing_if_is_none)]
+    pub username: Option<String>,
+    /// `Bearer` for access tokens.
+    #[oai(skip_serializing_if_is_none)]
+    pub token_type: Option<String>,
+}
+
+impl poem_openapi::types::Example for IntrospectionBody {
+    fn example() -> Self {
+        IntrospectionBody {
+            active: true,
+            sub: Some("0b8f1e9e-4a57-4a51-9c55-6f7b0f7f9a11".into()),
+            client_id: Some("6f1c3c35-2c4f-4d8a-a3c1-1d0f0f1b2a77".into()),
+            scope: Some("openid profile".into()),
+            exp: Some(1_767_225_600),
+            iat: Some(1_767_224_700),
+            iss: Some("http://127.0.0.1:8080".into()),
+            aud: Some(serde_json::Value::String("http://127.0.0.1:8080".into())),
+            username: Some("ada@example.com".into()),
+            token_type: Some("Bearer".into()),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum IntrospectResponse {
+    /// The token's state.
+    #[oai(status = 200)]
+    Ok(Json<IntrospectionBody>, #[oai(header = "Cache-Control")] String),
+}
+
+/// OIDC Core §5.3.2 userinfo response.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct UserInfoBody {
+    pub sub: String,
+    /// With the `email` scope.
+    #[oai(skip_serializing_if_is_none)]
+    pub email: Option<String>,
+    /// With the `email` scope.
+    #[oai(skip_serializing_if_is_none)]
+    pub email_verified: Option<bool>,
+    /// With the `profile` scope, when set.
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+}
+
+impl poem_openapi::types::Example for UserInfoBody {
+    fn example() -> Self {
+        UserInfoBody {
+            sub: "0b8f1e9e-4a57-4a51-9c55-6f7b0f7f9a11".into(),
+            email: Some("ada@example.com".into()),
+            email_verified: Some(true),
+            name: Some("Ada".into()),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum UserInfoResponse {
+    /// Claims about the signed-in user.
+    #[oai(status = 200)]
+    Ok(Json<UserInfoBody>, #[oai(header = "Cache-Control")] String),
+}
+
+const MAX_FIELD: usize = 4096;
+
+/// RFC 6749 §2.3.1: Basic credentials are form-encoded before base64.
+fn form_decode(text: &str) -> Option<String> {
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+fn client_credentials(
+    auth: ClientAuth,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+) -> Result<ClientCredentials, Error> {
+    let basic = match auth {
+        ClientAuth::ClientBasic(ClientBasic(b)) => {
+            let id = form_decode(&b.username)
+                .ok_or_else(|| Error::invalid_client(crate::error::Challenge::Basic))?;
+            let secret = form_decode(&b.password)
+                .ok_or_else(|| Error::invalid_client(crate::error::Challenge::Basic))?;
+            Some((id, SecretString::from(secret)))
+        }
+        ClientAuth::InBody => None,
+    };
+    for field in [&client_id, &client_secret].into_iter().flatten() {
+        if field.len() > MAX_FIELD || has_nul(field) {
+            return Err(Error::invalid_request("client credentials are malformed"));
+        }
+    }
+    Ok(ClientCredentials {
+        basic,
+        form_id: client_id,
+        form_secret: client_secret.map(SecretString::from),
+    })
+}
+
+fn required(value: Option<String>, name: &'static str) -> Result<String, Error> {
+    match value {
+        Some(v) if v.is_empty() => Err(Error::invalid_request(format!("{name} is empty"))),
+        Some(v) if v.len() > MAX_FIELD || has_nul(&v) => {
+            Err(Error::invalid_request(format!("{name} is malformed")))
+        }
+        Some(v) => Ok(v),
+        None => Err(Error::invalid_request(format!("{name} is missing"))),
+    }
+}
+
+/// Strings stop here: the form becomes one [`TokenRequest`] variant.
+fn parse_token_request(form: &mut TokenForm) -> Result<TokenRequest, Error> {
+    let grant = GrantType::parse(&form.grant_type).ok_or_else(|| {
+        Error::oauth_with(
+            OAuthCode::UnsupportedGrantType,
+            "grant_type must be password, refresh_token or client_credentials",
+        )
+    })?;
+    if form.scope.as_deref().is_some_and(has_nul) {
+        return Err(Error::invalid_request("scope is malformed"));
+    }
+    let scope = parse_requested_scope(form.scope.as_deref())?;
+    Ok(match grant {
+        GrantType::Password => TokenRequest::Password {
+            username: required(form.username.take(), "username")?,
+            password: SecretString::from(required(form.password.take(), "password")?),
+            scope,
+        },
+        GrantType::RefreshToken => TokenRequest::RefreshToken {
+            refresh_token: SecretString::from(required(form.refresh_token.take(), "refresh_token")?),
+            scope,
+        },
+        GrantType::ClientCredentials => TokenRequest::ClientCredentials { scope },
+    })
+}
+
+fn no_store() -> String {
+    "no-store".to_owned()
+}
+
+#[OpenApi]
+impl OAuth2Api {
+    /// Token endpoint (RFC 6749 §3.2): the `password`, `refresh_token` and
+    /// `client_credentials` grants. The password grant is for first-party
+    /// apps only (RFC 9700 §2.4). Every answer carries `Cache-Control: no-store`.
+    #[oai(
+        path = "/oauth2/token",
+        method = "post",
+        operation_id = "token",
+        tag = "ApiTag::OAuth2"
+    )]
+    async fn token(
+        &self,
+        Data(state): Data<&AppState>,
+        auth: ClientAuth,
+        form: Form<TokenForm>,
+    ) -> Result<TokenResponse, OAuthErrorResponse> {
+        let now = crate::now();
+        let Form(mut form) = form;
+        let creds = client_credentials(auth, form.client_id.take(), form.client_secret.take())?;
+        let request = parse_token_request(&mut form);
+        let client = oauth::authenticate_client(state, creds).await?;
+        let grant = oauth::exchange(state, &client, request?, now).await?;
+        Ok(TokenResponse::Ok(
+            Json(TokenBody {
+                access_token: grant.access_token,
+                token_type: "Bearer".into(),
+                expires_in: grant.expires_in,
+                scope: grant.scope.to_string(),
+                refresh_token: grant.refresh_token.map(|t| t.expose().to_owned()),
+                id_token: grant.id_token,
+            }),
+            no_store(),
+            "no-cache".into(),
+        ))
+    }
+
+    /// Token revocation (RFC 7009): a refresh token ends its whole chain;
+    /// unknown tokens are answered 200 as well.
+    #[oai(
+        path = "/oauth2/revoke",
+        method = "post",
+        operation_id = "revoke",
+        tag = "ApiTag::OAuth2"
+    )]
+    async fn revoke(
+        &self,
+        Data(state): Data<&AppState>,
+        auth: ClientAuth,
+        form: Form<TokenForm2>,
+    ) -> Result<RevokeResponse, OAuthErrorResponse> {
+        let now = crate::now();
+        let Form(form) = form;
+        let creds = client_credentials(auth, form.client_id, form.client_secret)?;
+        let client = oauth::authenticate_client(state, creds).await?;
+        if form.token.len() <= MAX_FIELD && !has_nul(&form.token) {
+            oauth::revoke(state, &client, &form.token, now).await?;
+        }
+        Ok(RevokeResponse::Ok(no_store()))
+    }
+
+    /// Token introspection (RFC 7662), for confidential clients. Anything
+    /// expired, revoked, forged or unknown is exactly `{"active":false}`.
+    #[oai(
+        path = "/oauth2/introspect",
+        method = "post",
+        operation_id = "introspect",
+        tag = "ApiTag::OAuth2"
+    )]
+    async fn introspect(
+        &self,
+        Data(state): Data<&AppState>,
+        auth: ClientAuth,
+        form: Form<TokenForm2>,
+    ) -> Result<IntrospectResponse, OAuthErrorResponse> {
+        let now = crate::now();
+        let Form(form) = form;
+        let creds = client_credentials(auth, form.client_id, form.client_secret)?;
+        let client = oauth::authenticate_client(state, creds).await?;
+        let found = if form.token.len() <= MAX_FIELD && !has_nul(&form.token) {
+            oauth::introspect(state, &client, &form.token, now).await?
+        } else {
+            oauth::Introspection::default()
+        };
+        Ok(IntrospectResponse::Ok(
+            Json(IntrospectionBody {
+                active: found.active,
+                sub: found.sub,
+                client_id: found.client_id,
+                scope: found.scope,
+                exp: found.exp,
+                iat: found.iat,
+                iss: found.iss,
+                aud: found.aud.and_then(|a| serde_json::to_value(a).ok()),
+                username: found.username,
+                token_type: found.token_type,
+            }),
+            no_store(),
+        ))
+    }
+
+    /// OIDC userinfo (GET): needs a Bearer token with the `openid` scope.
+    #[oai(
+        path = "/oauth2/userinfo",
+        method = "get",
+        operation_id = "userinfo",
+        tag = "ApiTag::OAuth2"
+    )]
+    async fn userinfo_get(
+        &self,
+        Data(state): Data<&AppState>,
+        auth: BearerAuth,
+    ) -> Result<UserInfoResponse, BearerErrorResponse> {
+        userinfo(state, auth).await
+    }
+
+    /// OIDC userinfo (POST): the same as GET.
+    #[oai(
+        path = "/oauth2/userinfo",
+        method = "post",
+        operation_id = "userinfo_post",
+        tag = "ApiTag::OAuth2"
+    )]
+    async fn userinfo_post(
+        &self,
+        Data(state): Data<&AppState>,
+        auth: BearerAuth,
+    ) -> Result<UserInfoResponse, BearerErrorResponse> {
+        userinfo(state, auth).await
+    }
+}
+
+async fn userinfo(state: &AppState, auth: BearerAuth) -> Result<UserInfoResponse, BearerErrorResponse> {
+    let now = crate::now();
+    let BearerAuth::UserBearer(UserBearer(bearer)) = auth else {
+        return Err(Error::MissingBearer.into());
+    };
+    let info = oauth::userinfo(state, &bearer.token, now).await?;
+    Ok(UserInfoResponse::Ok(
+        Json(UserInfoBody {
+            sub: info.sub,
+            email: info.email,
+            email_verified: info.email_verified,
+            name: info.name,
+        }),
+        no_store(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        assert_eq!(form_decode("a%2Bb+c").as_deref(), Some("a+b c"));
+        assert_eq!(form_decode("%FF"), None);
+    }
+}

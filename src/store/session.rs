@@ -1,0 +1,168 @@
+//! Login sessions (`sid`) and their refresh-token chains.
+
+use anyhow::Context;
+use sqlx::{Any, Executor, FromRow};
+
+use crate::tokens::TokenDigest;
+
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub user_id: &'a str,
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// A refresh token with the session it belongs to.
+#[derive(Debug, Clone, FromRow)]
+pub struct RefreshRow {
+    pub session_id: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub auth_time: i64,
+    pub session_expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl RefreshRow {
+    /// Live: unused, its chain not ended, neither deadline passed.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.used_at.is_none()
+            && self.revoked_at.is_none()
+            && now < self.expires_at
+            && now < self.session_expires_at
+    }
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_session<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    s: &NewSession<'_>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into login_session (id, user_id, client_id, scope, auth_time, expires_at) \
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(s.id)
+    .bind(s.user_id)
+    .bind(s.client_id)
+    .bind(s.scope)
+    .bind(s.auth_time)
+    .bind(s.expires_at)
+    .execute(ex)
+    .await
+    .context("insert session")?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_refresh_token<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    digest: &TokenDigest,
+    session_id: &str,
+    issued_at: i64,
+    expires_at: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into refresh_token (digest, session_id, issued_at, expires_at) values ($1, $2, $3, $4)",
+    )
+    .bind(digest.as_bytes().to_vec())
+    .bind(session_id)
+    .bind(issued_at)
+    .bind(expires_at)
+    .execute(ex)
+    .await
+    .context("insert refresh token")?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find_refresh_token<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    digest: &TokenDigest,
+) -> anyhow::Result<Option<RefreshRow>> {
+    sqlx::query_as(
+        "select r.session_id, r.issued_at, r.expires_at, r.used_at, s.user_id, s.client_id, s.scope, \
+         s.auth_time, s.expires_at as session_expires_at, s.revoked_at \
+         from refresh_token r join login_session s on s.id = r.session_id where r.digest = $1",
+    )
+    .bind(digest.as_bytes().to_vec())
+    .fetch_optional(ex)
+    .await
+    .context("select refresh token")
+}
+
+/// Consumes a refresh token: true for exactly one caller, however many race.
+#[tracing::instrument(skip_all)]
+pub async fn consume_refresh_token<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    digest: &TokenDigest,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("update refresh_token set used_at = $1 where digest = $2 and used_at is null")
+        .bind(now)
+        .bind(digest.as_bytes().to_vec())
+        .execute(ex)
+        .await
+        .context("consume refresh token")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends one login: its refresh chain and the access tokens carrying its `sid`.
+#[tracing::instrument(skip_all)]
+pub async fn revoke_session<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("update login_session set revoked_at = $1 where id = $2 and revoked_at is null")
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("revoke session")?;
+    Ok(())
+}
+
+/// Ends every login of a user.
+#[tracing::instrument(skip_all)]
+pub async fn revoke_user_sessions<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    user_id: &str,
+    now: i64,
+) -> anyhow::Result<u64> {
+    let done =
+        sqlx::query("update login_session set revoked_at = $1 where user_id = $2 and revoked_at is null")
+            .bind(now)
+            .bind(user_id)
+            .execute(ex)
+            .await
+            .context("revoke user sessions")?;
+    Ok(done.rows_affected())
+}
+
+/// Whether tokens of this login may still be honoured: the session exists
+/// and is not ended, and its user exists and is not disabled.
+#[tracing::instrument(skip_all)]
+pub async fn session_is_live<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "select 1 from login_session s join user_account u on u.id = s.user_id \
+         where s.id = $1 and s.revoked_at is null and s.expires_at > $2 and u.disabled_at is null",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(ex)
+    .await
+    .context("select session")?;
+    Ok(row.is_some())
+}

@@ -1,0 +1,139 @@
+//! User accounts.
+
+use anyhow::Context;
+use sqlx::{Any, Executor, FromRow};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub email_lower: String,
+    pub password_hash: String,
+    pub name: Option<String>,
+    pub roles: String,
+    pub email_verified_at: Option<i64>,
+    pub disabled_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl UserRow {
+    pub fn roles(&self) -> Vec<String> {
+        self.roles
+            .split(' ')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.disabled_at.is_none()
+    }
+}
+
+const COLUMNS: &str =
+    "id, email, email_lower, password_hash, name, roles, email_verified_at, disabled_at, created_at";
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserRow) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into user_account (id, email, email_lower, password_hash, name, roles, \
+         email_verified_at, disabled_at, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&user.id)
+    .bind(&user.email)
+    .bind(&user.email_lower)
+    .bind(&user.password_hash)
+    .bind(&user.name)
+    .bind(&user.roles)
+    .bind(user.email_verified_at)
+    .bind(user.disabled_at)
+    .bind(user.created_at)
+    .execute(ex)
+    .await
+    .context("insert user")?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find_user_by_email<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    email_lower: &str,
+) -> anyhow::Result<Option<UserRow>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from user_account where email_lower = $1"
+    ))
+    .bind(email_lower)
+    .fetch_optional(ex)
+    .await
+    .context("select user by email")
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn find_user<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> anyhow::Result<Option<UserRow>> {
+    sqlx::query_as(&format!("select {COLUMNS} from user_account where id = $1"))
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+        .context("select user")
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn list_users<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Result<Vec<UserRow>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from user_account order by created_at, id"
+    ))
+    .fetch_all(ex)
+    .await
+    .context("select users")
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn update_user_roles<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    email_lower: &str,
+    roles: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("update user_account set roles = $1 where email_lower = $2")
+        .bind(roles)
+        .bind(email_lower)
+        .execute(ex)
+        .await
+        .context("update user roles")?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn update_user_password_hash<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+    hash: &str,
+) -> anyhow::Result<()> {
+    sqlx::query("update user_account set password_hash = $1 where id = $2")
+        .bind(hash)
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("update password hash")?;
+    Ok(())
+}
+
+/// Marks a user disabled; returns the id, or `None` if there is no such user.
+#[tracing::instrument(skip_all)]
+pub async fn disable_user<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    email_lower: &str,
+    now: i64,
+) -> anyhow::Result<Option<String>> {
+    let id: Option<(String,)> = sqlx::query_as(
+        "update user_account set disabled_at = coalesce(disabled_at, $1) where email_lower = $2 returning id",
+    )
+    .bind(now)
+    .bind(email_lower)
+    .fetch_optional(ex)
+    .await
+    .context("disable user")?;
+    Ok(id.map(|(id,)| id))
+}
