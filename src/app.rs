@@ -155,6 +155,10 @@ impl Application {
                         path.display()
                     ),
                 }),
+                Some(KeyFileError::Read { path, source }) => anyhow::Error::new(ConfigError {
+                    variable: "GATEHOUSE_KEYS_DIR",
+                    problem: format!("cannot read {}: {source}", path.display()),
+                }),
                 None => e,
             })?;
         // A retired key stays published while any token it signed may live.

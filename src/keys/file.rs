@@ -42,6 +42,8 @@ impl std::fmt::Debug for SigningKey {
 pub enum KeyFileError {
     #[error("cannot write a key to {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
 }
 
 impl SigningKey {
@@ -149,7 +151,13 @@ pub fn read_key_dir(dir: &Path) -> anyhow::Result<Vec<SigningKey>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        Err(source) => {
+            return Err(KeyFileError::Read {
+                path: dir.to_owned(),
+                source,
+            }
+            .into());
+        }
     };
     let mut keys = Vec::new();
     for entry in entries {

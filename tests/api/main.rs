@@ -1,0 +1,13 @@
+//! Integration tests: each speaks HTTP to the real app on a real database
+//! (SQLite by default, PostgreSQL when `GATEHOUSE_TEST_DATABASE_URL` is set).
+//! One binary on purpose: every extra test file is another link step.
+
+mod helpers;
+
+mod cli;
+mod discovery;
+mod errors;
+mod interop;
+mod keys;
+mod token;
+mod tokens_checked;

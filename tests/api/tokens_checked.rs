@@ -1,0 +1,277 @@
+//! Tokens we check: userinfo, introspection, revocation, and their effect at once.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const INACTIVE: &str = r#"{"active":false}"#;
+
+async fn introspect_text(app: &TestApp, client: &TestClient, token: &str) -> String {
+    let resp = app
+        .post_form("/oauth2/introspect", client, &[("token", token)])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn userinfo_answers_with_the_claims_the_scopes_allow() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    let id = app.create_user("ada@example.com").await;
+    let with_email = app.login(&client, "ada@example.com", Some("openid email")).await;
+    let without_openid = app.login(&client, "ada@example.com", Some("email")).await;
+
+    let resp = app.userinfo(with_email["access_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"sub": id, "email": "ada@example.com", "email_verified": true})
+    );
+
+    let resp = app
+        .http
+        .post(app.url("/oauth2/userinfo"))
+        .bearer_auth(with_email["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "POST works too");
+
+    let resp = app
+        .userinfo(without_openid["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"insufficient_scope\"")
+    );
+}
+
+#[tokio::test]
+async fn userinfo_errors_follow_rfc_6750() {
+    let app = TestApp::spawn().await;
+
+    let resp = app.http.get(app.url("/oauth2/userinfo")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("Bearer") && !challenge.contains("error="),
+        "{challenge}"
+    );
+
+    let resp = app.userinfo("not.a.token").await;
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+}
+
+#[tokio::test]
+async fn introspection_describes_active_tokens_and_nothing_else() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    let other = app.web_client().await;
+    let public = app.create_client(&["--public", "--grant", "password"]).await;
+    let id = app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", Some("openid")).await;
+    let at = login["access_token"].as_str().unwrap();
+    let rt = login["refresh_token"].as_str().unwrap();
+
+    let seen = app.introspect(&other, at).await;
+    assert_eq!(seen["active"], true);
+    assert_eq!(seen["sub"], id.as_str());
+    assert_eq!(seen["client_id"], client.id.as_str());
+    assert_eq!(seen["scope"], "openid");
+    assert_eq!(seen["iss"], app.base.as_str());
+    assert_eq!(seen["aud"], app.base.as_str());
+    assert_eq!(seen["username"], "ada@example.com");
+    assert_eq!(seen["token_type"], "Bearer");
+    assert!(seen["exp"].is_i64() && seen["iat"].is_i64());
+
+    // A refresh token only by its own client.
+    let seen = app.introspect(&client, rt).await;
+    assert_eq!(
+        (seen["active"].as_bool(), seen["sub"].as_str()),
+        (Some(true), Some(id.as_str()))
+    );
+    assert_eq!(introspect_text(&app, &other, rt).await, INACTIVE);
+
+    // Forged, tampered and unknown tokens.
+    let mut parts: Vec<&str> = at.split('.').collect();
+    let forged_claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"someone-else"}"#);
+    parts[1] = &forged_claims;
+    let tampered = parts.join(".");
+    let alg_none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"at+jwt"}"#),
+        at.split('.').nth(1).unwrap()
+    );
+    for token in [tampered.as_str(), alg_none.as_str(), "garbage", "ghr_unknown", ""] {
+        assert_eq!(introspect_text(&app, &client, token).await, INACTIVE, "{token}");
+    }
+    // An id_token is not an access token.
+    assert_eq!(
+        introspect_text(&app, &client, login["id_token"].as_str().unwrap()).await,
+        INACTIVE
+    );
+
+    // Public clients may not introspect.
+    let resp = app
+        .post_form("/oauth2/introspect", &public, &[("token", at)])
+        .await;
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_inactive() {
+    let app = TestApp::spawn_with(|c| c.access_token_ttl = "1".into()).await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", Some("openid")).await;
+    let at = login["access_token"].as_str().unwrap();
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    assert_eq!(introspect_text(&app, &client, at).await, INACTIVE);
+    assert_eq!(app.userinfo(at).await.status(), 401);
+}
+
+#[tokio::test]
+async fn revoking_a_refresh_token_ends_its_chain() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", Some("openid")).await;
+    let rt = login["refresh_token"].as_str().unwrap();
+
+    let resp = app
+        .post_form(
+            "/oauth2/revoke",
+            &client,
+            &[("token", rt), ("token_type_hint", "refresh_token")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    assert_eq!(app.refresh(&client, rt).await.status(), 400);
+    assert_eq!(
+        introspect_text(&app, &client, login["access_token"].as_str().unwrap()).await,
+        INACTIVE
+    );
+    assert_eq!(
+        app.userinfo(login["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn revoking_an_access_token_deactivates_it_at_once() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", Some("openid")).await;
+    let at = login["access_token"].as_str().unwrap();
+
+    let resp = app.post_form("/oauth2/revoke", &client, &[("token", at)]).await;
+    assert_eq!(resp.status(), 200);
+
+    assert_eq!(introspect_text(&app, &client, at).await, INACTIVE);
+    assert_eq!(app.userinfo(at).await.status(), 401);
+    // The refresh chain is untouched.
+    assert_eq!(
+        app.refresh(&client, login["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn revoking_unknown_or_foreign_tokens_is_a_quiet_success() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    let other = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", None).await;
+    let rt = login["refresh_token"].as_str().unwrap();
+
+    for token in ["ghr_unknown", "whatever", rt] {
+        let resp = app.post_form("/oauth2/revoke", &other, &[("token", token)]).await;
+        assert_eq!(resp.status(), 200, "{token}");
+    }
+    // Another client cannot revoke it.
+    assert_eq!(app.refresh(&client, rt).await.status(), 200);
+
+    let resp = app
+        .http
+        .post(app.url("/oauth2/revoke"))
+        .form(&[("token", rt)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "revocation needs client authentication");
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_tokens_at_once() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", Some("openid")).await;
+
+    app.cli(&["users", "disable", "--email", "ada@example.com"]).await;
+
+    assert_eq!(
+        introspect_text(&app, &client, login["access_token"].as_str().unwrap()).await,
+        INACTIVE
+    );
+    assert_eq!(
+        app.userinfo(login["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.refresh(&client, login["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_client_ends_its_tokens() {
+    let app = TestApp::spawn().await;
+    let api = app.create_client(&["--grant", "client_credentials"]).await;
+    let watcher = app.create_client(&["--grant", "client_credentials"]).await;
+    let resp = app.token(&api, &[("grant_type", "client_credentials")]).await;
+    let at = resp.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.introspect(&watcher, &at).await["active"], true);
+
+    app.cli(&["clients", "delete", "--id", &api.id]).await;
+
+    assert_eq!(introspect_text(&app, &watcher, &at).await, INACTIVE);
+    assert_eq!(
+        app.token(&api, &[("grant_type", "client_credentials")])
+            .await
+            .status(),
+        401
+    );
+}
