@@ -134,11 +134,11 @@ pub enum KeysCommand {
 /// Entry point of the binary.
 pub async fn main() -> ExitCode {
     // A missing .env is normal; a broken one is reported.
-    if let Err(e) = dotenvy::dotenv() {
-        if !e.not_found() {
-            eprintln!("gatehouse: .env: {e}");
-            return ExitCode::from(2);
-        }
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("gatehouse: .env: {e}");
+        return ExitCode::from(2);
     }
     let cli = Cli::parse();
     let settings = match cli.config.settings() {

@@ -461,7 +461,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("GATEHOUSE_LISTEN", Box::new(|c| c.listen = "nowhere".into())),
             (
                 "GATEHOUSE_ACCESS_TOKEN_TTL",

@@ -15,24 +15,24 @@ use crate::tokens::{TokenDigest, TokenKind};
 pub async fn revoke(state: &AppState, client: &Client, token: &str, now: i64) -> Result<(), Error> {
     if token.starts_with(TokenKind::RefreshToken.prefix()) {
         let digest = TokenDigest::of(token);
-        if let Some(row) = find_refresh_token(state.db.pool(), &digest).await? {
-            if row.client_id == client.id {
-                let mut tx = state.db.begin_write().await?;
-                revoke_session(tx.conn(), &row.session_id, now).await?;
-                tx.commit().await?;
-                tracing::info!(event = "refresh_token_revoked", sid = %row.session_id, "chain ended");
-            }
+        if let Some(row) = find_refresh_token(state.db.pool(), &digest).await?
+            && row.client_id == client.id
+        {
+            let mut tx = state.db.begin_write().await?;
+            revoke_session(tx.conn(), &row.session_id, now).await?;
+            tx.commit().await?;
+            tracing::info!(event = "refresh_token_revoked", sid = %row.session_id, "chain ended");
         }
         return Ok(());
     }
     let keys = state.keys.current();
-    if let Ok(claims) = verify_access_token(token, &keys, &state.issuer, &state.audiences) {
-        if claims.client_id == client.id {
-            let mut tx = state.db.begin_write().await?;
-            insert_revoked_access_token(tx.conn(), &claims.jti, claims.exp).await?;
-            tx.commit().await?;
-            tracing::info!(event = "access_token_revoked", "access token revoked");
-        }
+    if let Ok(claims) = verify_access_token(token, &keys, &state.issuer, &state.audiences)
+        && claims.client_id == client.id
+    {
+        let mut tx = state.db.begin_write().await?;
+        insert_revoked_access_token(tx.conn(), &claims.jti, claims.exp).await?;
+        tx.commit().await?;
+        tracing::info!(event = "access_token_revoked", "access token revoked");
     }
     Ok(())
 }

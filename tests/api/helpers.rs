@@ -17,7 +17,6 @@ pub struct TestApp {
     pub config: Config,
     pub dir: std::sync::Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// A client as printed by `gatehouse clients create`.
@@ -97,7 +96,7 @@ impl TestApp {
             .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until(async move {
+        tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
         }));
         let http = reqwest::Client::builder()
@@ -113,22 +112,11 @@ impl TestApp {
             config,
             dir,
             stop: Some(stop),
-            server: Some(server),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
-    }
-
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-        }
     }
 
     /// Runs a CLI command against this app's database and keys; returns its JSON.

@@ -2,6 +2,9 @@
 //! (SQLite by default, PostgreSQL when `GATEHOUSE_TEST_DATABASE_URL` is set).
 //! One binary on purpose: every extra test file is another link step.
 
+// The no-panic lints guard `src/`; a test's job is to panic on failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod helpers;
 
 mod cli;
