@@ -260,12 +260,22 @@ pub enum OAuthErrorResponse {
 
 /// The body of a bearer-token error: empty when no token was sent.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct BearerErrorBody {
     /// An RFC 6750 §3.1 error code; absent when the request had no token.
     #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub error_description: Option<String>,
+}
+
+impl poem_openapi::types::Example for BearerErrorBody {
+    fn example() -> Self {
+        BearerErrorBody {
+            error: Some("invalid_token".into()),
+            error_description: None,
+        }
+    }
 }
 
 /// The error answers of bearer-protected `/oauth2/*` resources (RFC 6750 §3).

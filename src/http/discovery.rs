@@ -11,6 +11,7 @@ pub struct DiscoveryApi;
 
 /// Provider metadata: every field OIDC Discovery 1.0 §3 and RFC 8414 §2 require.
 #[derive(Debug, Clone, Object, serde::Serialize)]
+#[oai(example)]
 pub struct ProviderMetadata {
     pub issuer: String,
     pub token_endpoint: String,
@@ -77,6 +78,12 @@ impl ProviderMetadata {
     }
 }
 
+impl poem_openapi::types::Example for ProviderMetadata {
+    fn example() -> Self {
+        ProviderMetadata::new("http://127.0.0.1:8080")
+    }
+}
+
 /// One public key (RFC 7517 §4).
 #[derive(Debug, Clone, Object)]
 pub struct JsonWebKey {
@@ -92,8 +99,24 @@ pub struct JsonWebKey {
 
 /// RFC 7517 §5 key set.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct JsonWebKeySet {
     pub keys: Vec<JsonWebKey>,
+}
+
+impl poem_openapi::types::Example for JsonWebKeySet {
+    fn example() -> Self {
+        JsonWebKeySet {
+            keys: vec![JsonWebKey {
+                kty: "RSA".into(),
+                use_: "sig".into(),
+                alg: "RS256".into(),
+                kid: "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into(),
+                n: "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP…".into(),
+                e: "AQAB".into(),
+            }],
+        }
+    }
 }
 
 #[derive(ApiResponse)]

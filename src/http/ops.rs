@@ -10,9 +10,16 @@ use crate::app::AppState;
 pub struct OpsApi;
 
 #[derive(Object)]
+#[oai(example)]
 pub struct Status {
     /// `ok`, or `unavailable` when a dependency is down.
     pub status: String,
+}
+
+impl poem_openapi::types::Example for Status {
+    fn example() -> Self {
+        Status { status: "ok".into() }
+    }
 }
 
 #[derive(ApiResponse)]

@@ -540,3 +540,47 @@ async fn clients_authenticate_by_basic_by_post_or_as_public() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn concurrent_writes_all_succeed() {
+    // On SQLite, writes queue for the one writer instead of failing with
+    // "database is locked"; on PostgreSQL they simply run side by side.
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let mut chains = Vec::new();
+    for _ in 0..8 {
+        let login = app.login(&client, "ada@example.com", None).await;
+        chains.push((
+            login["refresh_token"].as_str().unwrap().to_owned(),
+            login["access_token"].as_str().unwrap().to_owned(),
+        ));
+    }
+
+    // Each chain is refreshed while unrelated revocations write too.
+    let writes = chains
+        .iter()
+        .flat_map(|(rt, at)| [(true, rt), (false, at)])
+        .map(|(refresh, token)| {
+            let (app, client) = (&app, &client);
+            async move {
+                if refresh {
+                    app.refresh(client, token).await.status().as_u16()
+                } else {
+                    app.post_form("/oauth2/revoke", client, &[("token", token)])
+                        .await
+                        .status()
+                        .as_u16()
+                }
+            }
+        });
+    let statuses = futures_join_all(writes).await;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for (_, at) in &chains {
+        assert_eq!(
+            app.introspect(&client, at).await,
+            serde_json::json!({"active": false})
+        );
+    }
+}
