@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::app::Application;
 use crate::config::{Config, ConfigError, Settings};
 use crate::domain::{Email, GrantType, Role, Scope, normalise_username};
-use crate::keys::{KeyState, generate_and_store};
+use crate::keys::{KeyState, RELOAD_SLACK, generate_and_store, key_states};
 use crate::store::Db;
 use crate::store::client::{
     Client, delete_client, find_client, insert_client, list_clients, update_client_secret,
@@ -126,7 +126,8 @@ pub enum KeysCommand {
     Rotate,
     /// Stop a key signing at once; it leaves the JWKS when its last token expires.
     Retire {
-        #[arg(long)]
+        /// The key's kid (a base64url thumbprint; it may start with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -422,10 +423,11 @@ async fn keys(db: &Db, settings: &Settings, cmd: KeysCommand) -> anyhow::Result<
     match cmd {
         KeysCommand::List => {
             let rows = list_keys(db.pool()).await?;
+            let states = key_states(&rows, now, settings.access_token_ttl);
             Ok(Value::Array(
                 rows.iter()
-                    .map(|row| {
-                        let state = crate::keys::ring::key_state(row, now, settings.access_token_ttl);
+                    .zip(states)
+                    .map(|(row, state)| {
                         json!({
                             "kid": row.kid,
                             "state": state,
@@ -438,9 +440,10 @@ async fn keys(db: &Db, settings: &Settings, cmd: KeysCommand) -> anyhow::Result<
             ))
         }
         KeysCommand::Rotate => {
-            // Verifiers may cache the JWKS for max-age: the key signs only after that.
-            let signs_from = now + settings.jwks_max_age;
-            let kid = generate_and_store(db, &settings.keys_dir, now, signs_from).await?;
+            // Verifiers may cache the JWKS for max-age: the key signs only after
+            // that, plus the time instances take to publish it.
+            let (kid, signs_from) =
+                generate_and_store(db, &settings.keys_dir, settings.jwks_max_age + RELOAD_SLACK).await?;
             tracing::info!(event = "key_rotated", %kid, "new signing key");
             Ok(json!({ "kid": kid, "state": KeyState::Pending, "signs_from": crate::rfc3339(signs_from) }))
         }

@@ -6,7 +6,9 @@
 //! reach running servers without a restart.
 
 mod file;
-pub mod ring;
+mod ring;
 
 pub use file::{KeyFileError, SigningKey, read_key_dir, write_key_file};
-pub use ring::{KeyEntry, KeyRing, KeySet, KeyState, bootstrap, generate_and_store};
+pub use ring::{
+    KeyEntry, KeyRing, KeySet, KeyState, RELOAD_SLACK, bootstrap, generate_and_store, key_state, key_states,
+};

@@ -47,15 +47,35 @@ struct Jwks<'a> {
     keys: Vec<&'a super::file::Jwk>,
 }
 
+/// Seconds by which instances may lag a key-state change: `now` is whole
+/// seconds (rounded down) and each instance reloads the state once a second.
+pub const RELOAD_SLACK: i64 = 2;
+
 /// The state of a key at `now`, given how long its tokens live.
 pub fn key_state(row: &KeyRow, now: i64, token_lifetime: i64) -> KeyState {
     match row.retired_at {
-        // A retired key stays published until the last token it signed expires.
-        Some(retired) if now >= retired + token_lifetime => KeyState::Expired,
+        // A retired key stays published until the last token it signed
+        // (possibly up to RELOAD_SLACK after `retired_at`) has expired.
+        Some(retired) if now >= retired + token_lifetime + RELOAD_SLACK => KeyState::Expired,
         Some(_) => KeyState::Retired,
         None if now < row.signs_from => KeyState::Pending,
         None => KeyState::Active,
     }
+}
+
+/// The states of all keys, as [`KeySet::signer`] sees them: when no key is
+/// active, the oldest pending one signs and so is reported active.
+pub fn key_states(rows: &[KeyRow], now: i64, token_lifetime: i64) -> Vec<KeyState> {
+    let mut states: Vec<KeyState> = rows.iter().map(|r| key_state(r, now, token_lifetime)).collect();
+    if !states.contains(&KeyState::Active) {
+        let fallback = (0..rows.len())
+            .filter(|&i| states[i] == KeyState::Pending)
+            .min_by_key(|&i| rows[i].signs_from);
+        if let Some(i) = fallback {
+            states[i] = KeyState::Active;
+        }
+    }
+    states
 }
 
 impl KeySet {
@@ -204,7 +224,7 @@ pub async fn bootstrap(db: &Db, dir: &Path, now: i64) -> anyhow::Result<()> {
     let owned = dir.to_owned();
     let existing = tokio::task::spawn_blocking(move || read_key_dir(&owned)).await??;
     if existing.is_empty() {
-        let kid = generate_and_store(db, dir, now, now).await?;
+        let (kid, _) = generate_and_store(db, dir, 0).await?;
         tracing::info!(event = "key_generated", %kid, "generated the first signing key");
         return Ok(());
     }
@@ -224,8 +244,10 @@ pub async fn bootstrap(db: &Db, dir: &Path, now: i64) -> anyhow::Result<()> {
     tx.commit().await
 }
 
-/// Generates a key, writes its file, records it signing from `signs_from`.
-pub async fn generate_and_store(db: &Db, dir: &Path, now: i64, signs_from: i64) -> anyhow::Result<String> {
+/// Generates a key, writes its file, and records it as signing `delay`
+/// seconds after it is recorded (and so published). Returns the kid and the
+/// instant it signs from.
+pub async fn generate_and_store(db: &Db, dir: &Path, delay: i64) -> anyhow::Result<(String, i64)> {
     let dir = dir.to_owned();
     let kid = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         let (key, der) = SigningKey::generate()?;
@@ -233,6 +255,9 @@ pub async fn generate_and_store(db: &Db, dir: &Path, now: i64, signs_from: i64) 
         Ok(key.kid)
     })
     .await??;
+    // Read the clock after key generation, which may take a while.
+    let now = crate::now();
+    let signs_from = now + delay;
     let mut tx = db.begin_write().await?;
     insert_key(
         tx.conn(),
@@ -245,5 +270,41 @@ pub async fn generate_and_store(db: &Db, dir: &Path, now: i64, signs_from: i64) 
     )
     .await?;
     tx.commit().await?;
-    Ok(kid)
+    Ok((kid, signs_from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kid: &str, signs_from: i64, retired_at: Option<i64>) -> KeyRow {
+        KeyRow {
+            kid: kid.into(),
+            created_at: 0,
+            signs_from,
+            retired_at,
+        }
+    }
+
+    #[test]
+    fn a_key_lives_through_pending_active_retired_expired() {
+        let k = row("k", 100, None);
+        assert_eq!(key_state(&k, 99, 900), KeyState::Pending);
+        assert_eq!(key_state(&k, 100, 900), KeyState::Active);
+        let k = row("k", 100, Some(200));
+        assert_eq!(
+            key_state(&k, 200 + 900 + RELOAD_SLACK - 1, 900),
+            KeyState::Retired
+        );
+        assert_eq!(key_state(&k, 200 + 900 + RELOAD_SLACK, 900), KeyState::Expired);
+    }
+
+    #[test]
+    fn the_oldest_pending_key_signs_when_none_is_active() {
+        let rows = [row("old", 0, Some(50)), row("a", 200, None), row("b", 300, None)];
+        assert_eq!(
+            key_states(&rows, 100, 900),
+            [KeyState::Retired, KeyState::Active, KeyState::Pending]
+        );
+    }
 }

@@ -1,0 +1,89 @@
+//! This machine's ceilings, measured with gatehouse's own code paths: RS256
+//! signatures per second with a parsed key (1 and 2 threads) and argon2id
+//! hashes per second at our parameters (one per core). Prints one JSON line.
+//!
+//! `cargo bench --bench ceilings` (release profile); `BENCH_SECONDS` sets the
+//! duration of each measurement (default 3).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gatehouse::keys::SigningKey;
+use gatehouse::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, encode};
+use secrecy::SecretString;
+
+fn per_second(threads: usize, seconds: f64, work: impl Fn() + Send + Sync + 'static) -> f64 {
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (work, stop, done) = (work.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    work();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() -> anyhow::Result<()> {
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let (key, _) = SigningKey::generate()?;
+    let key = Arc::new(key);
+    // A token shaped like a client_credentials access token.
+    let claims = AccessClaims {
+        iss: "http://127.0.0.1:8080".into(),
+        sub: "6f1c3c35-2c4f-4d8a-a3c1-1d0f0f1b2a77".into(),
+        aud: Audience::One("http://127.0.0.1:8080".into()),
+        client_id: "6f1c3c35-2c4f-4d8a-a3c1-1d0f0f1b2a77".into(),
+        scope: "read".into(),
+        exp: 1_900_000_000,
+        iat: 1_899_999_100,
+        jti: "0b8f1e9e-4a57-4a51-9c55-6f7b0f7f9a11".into(),
+        auth_time: None,
+        sid: None,
+        roles: None,
+    };
+    let sign = {
+        let key = key.clone();
+        move || {
+            let _ = std::hint::black_box(encode(&key, ACCESS_TOKEN_TYP, &claims));
+        }
+    };
+    let sign = Arc::new(sign);
+    let s1 = {
+        let sign = sign.clone();
+        per_second(1, seconds, move || sign())
+    };
+    let s2 = {
+        let sign = sign.clone();
+        per_second(2, seconds, move || sign())
+    };
+    let password = SecretString::from("correct horse battery staple");
+    let argon = per_second(2, seconds, move || {
+        let _ = std::hint::black_box(gatehouse::password::hash_blocking(&password));
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "rs256_signatures_per_s_1_thread": s1.round(),
+            "rs256_signatures_per_s_2_threads": s2.round(),
+            "argon2id_hashes_per_s_2_threads": (argon * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}
