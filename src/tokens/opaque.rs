@@ -15,6 +15,10 @@ use subtle::ConstantTimeEq;
 pub enum TokenKind {
     RefreshToken,
     ClientSecret,
+    /// Mailed in a verification link.
+    VerifyEmail,
+    /// Mailed in a password-reset link.
+    PasswordReset,
 }
 
 impl TokenKind {
@@ -22,6 +26,8 @@ impl TokenKind {
         match self {
             TokenKind::RefreshToken => "ghr_",
             TokenKind::ClientSecret => "ghs_",
+            TokenKind::VerifyEmail => "ghv_",
+            TokenKind::PasswordReset => "ghp_",
         }
     }
 }
