@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod mail;
 pub mod oauth;
 pub mod password;
 pub mod store;

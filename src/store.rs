@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod key;
+pub mod mail;
 pub mod revocation;
 pub mod session;
 pub mod user;
