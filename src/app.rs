@@ -16,6 +16,8 @@ use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
 use crate::config::{ConfigError, Settings};
+use crate::http::accounts::AccountsApi;
+use crate::http::admin::AdminApi;
 use crate::http::discovery::{DiscoveryApi, ProviderMetadata};
 use crate::http::oauth2::OAuth2Api;
 use crate::http::ops::OpsApi;
@@ -34,6 +36,10 @@ pub struct StateInner {
     pub hasher: Hasher,
     /// The discovery document, serialised once.
     pub discovery: Bytes,
+    /// Delivers queued mail (SMTP or the outbox).
+    pub mailer: Arc<crate::mail::Mailer>,
+    /// Wakes the mail sender; `notify_one()` after committing queued mail.
+    pub mail_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// Everything a request may need; cheap to clone.
@@ -47,12 +53,12 @@ impl Deref for AppState {
     }
 }
 
-type Apis = (OAuth2Api, DiscoveryApi, OpsApi);
+type Apis = (OAuth2Api, DiscoveryApi, AccountsApi, AdminApi, OpsApi);
 
 /// The OpenAPI service; it needs no state, so `gatehouse openapi` can print it.
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (OAuth2Api, DiscoveryApi, OpsApi),
+        (OAuth2Api, DiscoveryApi, AccountsApi, AdminApi, OpsApi),
         "gatehouse",
         env!("CARGO_PKG_VERSION"),
     )
@@ -71,6 +77,15 @@ pub fn openapi_json() -> String {
 pub fn routes(state: AppState) -> BoxEndpoint<'static> {
     let api = openapi_service();
     Route::new()
+        .at(
+            "/verify-email",
+            poem::get(crate::http::pages::verify_email_page).post(crate::http::pages::verify_email_submit),
+        )
+        .at(
+            "/reset-password",
+            poem::get(crate::http::pages::reset_password_page)
+                .post(crate::http::pages::reset_password_submit),
+        )
         .nest("/docs", api.swagger_ui())
         .at("/openapi.json", api.spec_endpoint())
         .at("/openapi.yaml", api.spec_endpoint_yaml())
@@ -170,8 +185,14 @@ impl Application {
                 settings.keys_dir.display()
             );
         }
-        let hasher = tokio::task::spawn_blocking(Hasher::new).await??;
+        let hasher = tokio::task::spawn_blocking(|| {
+            crate::domain::preload_common_passwords();
+            Hasher::new()
+        })
+        .await??;
         let discovery = Bytes::from(serde_json::to_vec(&ProviderMetadata::new(&issuer))?);
+        let public_url = settings.public_url.clone().unwrap_or_else(|| issuer.clone());
+        let mailer = Arc::new(crate::mail::Mailer::from_settings(&settings, &public_url)?);
         let acceptor = TcpAcceptor::from_tokio(listener).context("accepting on the listener")?;
         let port = addr.port();
         Ok(Application {
@@ -185,6 +206,8 @@ impl Application {
                 keys,
                 hasher,
                 discovery,
+                mailer,
+                mail_wakeup: Arc::new(tokio::sync::Notify::new()),
             })),
         })
     }
@@ -205,6 +228,13 @@ impl Application {
     /// Serves until `signal` completes, then drains in-flight requests.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let reloader = tokio::spawn(reload_keys(self.state.clone()));
+        let (stop_mail, mail_stop) = tokio::sync::watch::channel(false);
+        let mut mail_sender = tokio::spawn(crate::mail::run_sender(
+            self.state.db.clone(),
+            self.state.mailer.clone(),
+            self.state.mail_wakeup.clone(),
+            mail_stop,
+        ));
         tracing::info!(
             issuer = %self.state.issuer,
             local = ?self.acceptor.local_addr(),
@@ -214,6 +244,16 @@ impl Application {
             .run_with_graceful_shutdown(routes(self.state.clone()), signal, Some(Duration::from_secs(20)))
             .await;
         reloader.abort();
+        // Let the message in flight finish; an unfinished one is retried
+        // after its lease by whichever instance runs next.
+        let _ = stop_mail.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), &mut mail_sender)
+            .await
+            .is_err()
+        {
+            tracing::warn!("mail sender did not stop within 10 s");
+            mail_sender.abort();
+        }
         self.state.db.close().await;
         result.context("serving")
     }

@@ -10,18 +10,14 @@ use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
+use crate::admin::{self, ClientSpec};
 use crate::app::Application;
 use crate::config::{Config, ConfigError, Settings};
-use crate::domain::{Email, GrantType, Role, Scope, normalise_username};
-use crate::keys::{KeyState, RELOAD_SLACK, generate_and_store, key_states};
+use crate::domain::{Email, Password, normalise_username};
+use crate::keys::KeyState;
 use crate::store::Db;
-use crate::store::client::{
-    Client, delete_client, find_client, insert_client, list_clients, update_client_secret,
-};
-use crate::store::key::{list_keys, retire_key};
-use crate::store::session::revoke_user_sessions;
-use crate::store::user::{UserRow, disable_user, insert_user, list_users, update_user_roles};
-use crate::tokens::{OpaqueToken, TokenKind};
+use crate::store::client::{Client, list_clients};
+use crate::store::user::{UserRow, find_user_by_email, insert_user, list_users};
 
 /// gatehouse: an OAuth 2.0 / OpenID Connect identity provider.
 #[derive(Debug, Parser)]
@@ -235,6 +231,11 @@ fn client_json(client: &Client) -> Value {
     })
 }
 
+/// The admin layer's error as a one-line CLI error.
+fn cli_error(e: crate::error::Error) -> anyhow::Error {
+    anyhow::anyhow!(e.to_cli_message())
+}
+
 async fn clients(db: &Db, cmd: ClientsCommand) -> anyhow::Result<Value> {
     match cmd {
         ClientsCommand::Create {
@@ -243,37 +244,15 @@ async fn clients(db: &Db, cmd: ClientsCommand) -> anyhow::Result<Value> {
             scopes,
             public,
         } => {
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.len() > 200 || name.contains('\0') {
-                bail!("--name must be 1 to 200 characters");
-            }
-            let mut parsed = Vec::new();
-            for g in &grants {
-                let grant = GrantType::parse(g).with_context(|| {
-                    format!("--grant {g}: expected password, refresh_token or client_credentials")
-                })?;
-                if !parsed.contains(&grant) {
-                    parsed.push(grant);
-                }
-            }
-            if public && parsed.contains(&GrantType::ClientCredentials) {
-                bail!(
-                    "--grant client_credentials needs a confidential client (RFC 6749 §4.4); drop --public"
-                );
-            }
-            let scope = Scope::parse(&scopes.join(" ")).map_err(|e| anyhow::anyhow!("--scope: {e}"))?;
-            let secret = (!public).then(|| OpaqueToken::generate(TokenKind::ClientSecret));
-            let client = Client {
-                id: uuid::Uuid::new_v4().to_string(),
-                name,
-                secret_digest: secret.as_ref().map(OpaqueToken::digest),
-                grants: parsed,
-                scopes: scope,
-                created_at: crate::now(),
+            let spec = ClientSpec {
+                name: Some(name),
+                grants: Some(grants),
+                scopes: Some(scopes),
+                public,
             };
-            let mut tx = db.begin_write().await?;
-            insert_client(tx.conn(), &client).await?;
-            tx.commit().await?;
+            let (client, secret) = admin::create_client(db, spec, crate::now())
+                .await
+                .map_err(cli_error)?;
             let mut value = client_json(&client);
             if let Some(secret) = secret {
                 value["client_secret"] = Value::String(secret.expose().to_owned());
@@ -284,25 +263,11 @@ async fn clients(db: &Db, cmd: ClientsCommand) -> anyhow::Result<Value> {
             list_clients(db.pool()).await?.iter().map(client_json).collect(),
         )),
         ClientsCommand::Delete { id } => {
-            let mut tx = db.begin_write().await?;
-            let deleted = delete_client(tx.conn(), &id).await?;
-            tx.commit().await?;
-            if !deleted {
-                bail!("no client with id {id}");
-            }
+            admin::delete_client(db, &id).await.map_err(cli_error)?;
             Ok(json!({ "client_id": id, "deleted": true }))
         }
         ClientsCommand::RotateSecret { id } => {
-            let client = find_client(db.pool(), &id)
-                .await?
-                .with_context(|| format!("no client with id {id}"))?;
-            if client.is_public() {
-                bail!("client {id} is public: it has no secret");
-            }
-            let secret = OpaqueToken::generate(TokenKind::ClientSecret);
-            let mut tx = db.begin_write().await?;
-            update_client_secret(tx.conn(), &id, &secret.digest()).await?;
-            tx.commit().await?;
+            let secret = admin::rotate_client_secret(db, &id).await.map_err(cli_error)?;
             Ok(json!({ "client_id": id, "client_secret": secret.expose() }))
         }
     }
@@ -320,28 +285,6 @@ fn user_json(user: &UserRow) -> Value {
     })
 }
 
-fn parse_roles(roles: &[String]) -> anyhow::Result<String> {
-    let mut parsed: Vec<Role> = roles
-        .iter()
-        .map(|r| Role::parse(r).map_err(|e| anyhow::anyhow!("--role {r}: {e}")))
-        .collect::<anyhow::Result<_>>()?;
-    parsed.sort();
-    parsed.dedup();
-    Ok(parsed.iter().map(Role::as_str).collect::<Vec<_>>().join(" "))
-}
-
-/// SPEC §6: 8–128 characters (the minimum is configurable), no NUL.
-pub fn check_password(password: &str, min_length: usize) -> anyhow::Result<()> {
-    let length = password.chars().count();
-    if length < min_length || length > 128 {
-        bail!("the password must be {min_length} to 128 characters");
-    }
-    if password.contains('\0') {
-        bail!("the password must not contain U+0000");
-    }
-    Ok(())
-}
-
 async fn users(
     db: &Db,
     settings: &Settings,
@@ -357,13 +300,19 @@ async fn users(
             name,
         } => {
             let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
-            let roles = parse_roles(&roles)?;
+            let roles = admin::parse_roles(&roles).map_err(cli_error)?;
             let mut line = String::new();
             input
                 .read_line(&mut line)
                 .context("reading the password from standard input")?;
-            let password = SecretString::from(line.trim_end_matches(['\n', '\r']).to_owned());
-            check_password(password.expose_secret(), settings.password_min_length)?;
+            let line = SecretString::from(line);
+            // SPEC §6: NFKC, 8–128 characters, no NUL, not a common password.
+            let password = Password::parse(
+                line.expose_secret().trim_end_matches(['\n', '\r']),
+                settings.password_min_length,
+            )
+            .map_err(|e| anyhow::anyhow!("the password {e}"))?
+            .into_secret();
             let hash =
                 tokio::task::spawn_blocking(move || crate::password::hash_blocking(&password)).await??;
             let now = crate::now();
@@ -395,38 +344,33 @@ async fn users(
             list_users(db.pool()).await?.iter().map(user_json).collect(),
         )),
         UsersCommand::SetRole { email, roles } => {
-            let roles = parse_roles(&roles)?;
-            let mut tx = db.begin_write().await?;
-            if !update_user_roles(tx.conn(), &normalise_username(&email), &roles).await? {
-                bail!("no user with e-mail {email}");
-            }
-            tx.commit().await?;
-            Ok(
-                json!({ "email": email, "roles": roles.split(' ').filter(|r| !r.is_empty()).collect::<Vec<_>>() }),
-            )
+            let user = user_by_email(db, &email).await?;
+            let user = admin::set_roles(db, &user.id, &roles).await.map_err(cli_error)?;
+            Ok(user_json(&user))
         }
         UsersCommand::Disable { email } => {
-            let now = crate::now();
-            let mut tx = db.begin_write().await?;
-            let Some(id) = disable_user(tx.conn(), &normalise_username(&email), now).await? else {
-                bail!("no user with e-mail {email}");
-            };
-            let ended = revoke_user_sessions(tx.conn(), &id, now).await?;
-            tx.commit().await?;
-            Ok(json!({ "id": id, "email": email, "disabled": true, "sessions_ended": ended }))
+            let user = user_by_email(db, &email).await?;
+            let user = admin::set_disabled(db, &user.id, true, crate::now())
+                .await
+                .map_err(cli_error)?;
+            Ok(user_json(&user))
         }
     }
+}
+
+async fn user_by_email(db: &Db, email: &str) -> anyhow::Result<UserRow> {
+    find_user_by_email(db.pool(), &normalise_username(email))
+        .await?
+        .with_context(|| format!("no user with e-mail {email}"))
 }
 
 async fn keys(db: &Db, settings: &Settings, cmd: KeysCommand) -> anyhow::Result<Value> {
     let now = crate::now();
     match cmd {
         KeysCommand::List => {
-            let rows = list_keys(db.pool()).await?;
-            let states = key_states(&rows, now, settings.access_token_ttl);
+            let keys = admin::keys(db, settings, now).await.map_err(cli_error)?;
             Ok(Value::Array(
-                rows.iter()
-                    .zip(states)
+                keys.iter()
                     .map(|(row, state)| {
                         json!({
                             "kid": row.kid,
@@ -440,25 +384,16 @@ async fn keys(db: &Db, settings: &Settings, cmd: KeysCommand) -> anyhow::Result<
             ))
         }
         KeysCommand::Rotate => {
-            // Verifiers may cache the JWKS for max-age: the key signs only after
-            // that, plus the time instances take to publish it.
-            let (kid, signs_from) =
-                generate_and_store(db, &settings.keys_dir, settings.jwks_max_age + RELOAD_SLACK).await?;
-            tracing::info!(event = "key_rotated", %kid, "new signing key");
+            let (kid, signs_from) = admin::rotate_key(db, settings).await.map_err(cli_error)?;
             Ok(json!({ "kid": kid, "state": KeyState::Pending, "signs_from": crate::rfc3339(signs_from) }))
         }
         KeysCommand::Retire { kid } => {
-            let rows = list_keys(db.pool()).await?;
-            if !rows.iter().any(|r| r.kid == kid && r.retired_at.is_none()) {
-                bail!("no unretired key with kid {kid}");
-            }
-            if !rows.iter().any(|r| r.kid != kid && r.retired_at.is_none()) {
-                bail!("{kid} is the only signing key: run `gatehouse keys rotate` first");
-            }
-            let mut tx = db.begin_write().await?;
-            retire_key(tx.conn(), &kid, now).await?;
-            tx.commit().await?;
-            tracing::info!(event = "key_retired", %kid, "signing key retired");
+            admin::retire_key(db, &kid, now).await.map_err(|e| match e {
+                crate::error::Error::Problem(p) if p.status == 404 => {
+                    anyhow::anyhow!("no unretired key with kid {kid}")
+                }
+                e => cli_error(e),
+            })?;
             Ok(json!({ "kid": kid, "state": KeyState::Retired, "retired_at": crate::rfc3339(now) }))
         }
     }

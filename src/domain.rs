@@ -2,10 +2,14 @@
 
 mod email;
 mod grant;
+mod password;
 mod role;
 mod scope;
 
 pub use email::{Email, normalise as normalise_username};
 pub use grant::GrantType;
+pub use password::{
+    Password, PasswordError, normalise as normalise_password, preload as preload_common_passwords,
+};
 pub use role::Role;
 pub use scope::Scope;

@@ -89,7 +89,7 @@ pub enum Error {
     },
     /// RFC 6750 §3.1: no credentials at all: 401 and a bare challenge.
     MissingBearer,
-    Problem(Problem),
+    Problem(Box<Problem>),
     RateLimited {
         retry_after: u64,
     },
@@ -146,6 +146,24 @@ impl Error {
     }
 }
 
+impl Error {
+    pub fn problem(status: StatusCode, code: &'static str, title: &'static str) -> Error {
+        Error::Problem(Box::new(Problem::new(status, code, title)))
+    }
+
+    pub fn validation(errors: Vec<FieldProblem>) -> Error {
+        Error::Problem(Box::new(Problem::validation(errors)))
+    }
+
+    pub fn not_found() -> Error {
+        Error::problem(StatusCode::NOT_FOUND, "not_found", "No such resource")
+    }
+
+    pub fn forbidden(code: &'static str, title: &'static str) -> Error {
+        Error::problem(StatusCode::FORBIDDEN, code, title)
+    }
+}
+
 impl From<anyhow::Error> for Error {
     fn from(e: anyhow::Error) -> Error {
         Error::Internal(e)
@@ -185,6 +203,29 @@ pub struct Problem {
     pub detail: Option<String>,
     /// A stable, machine-readable code for the failure.
     pub code: String,
+    /// For `422`: every field that failed validation.
+    #[oai(skip_serializing_if_is_none)]
+    pub errors: Option<Vec<FieldProblem>>,
+}
+
+/// One invalid field of a request body.
+#[derive(Debug, Clone, Object)]
+pub struct FieldProblem {
+    /// The field's name in the request body.
+    pub field: String,
+    /// A stable code, e.g. `required`, `invalid_email`, `password_too_short`.
+    pub code: String,
+    pub message: String,
+}
+
+impl FieldProblem {
+    pub fn new(field: &str, code: &str, message: impl Into<String>) -> FieldProblem {
+        FieldProblem {
+            field: field.to_owned(),
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
 }
 
 impl poem_openapi::types::Example for Problem {
@@ -201,7 +242,20 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             code: code.to_owned(),
+            errors: None,
         }
+    }
+
+    /// `422`: the body was well-formed but these fields are not acceptable.
+    pub fn validation(errors: Vec<FieldProblem>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "Some fields are not valid",
+        );
+        p.detail = Some("see `errors` for each field".into());
+        p.errors = Some(errors);
+        p
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Problem {
@@ -302,6 +356,106 @@ pub enum BearerErrorResponse {
     /// Something failed on our side.
     #[oai(status = 500)]
     ServerError(Json<OAuthErrorBody>),
+}
+
+/// The error answers outside `/oauth2/*`: RFC 9457 problem details.
+#[derive(ApiResponse, Debug)]
+pub enum ProblemResponse {
+    /// Malformed request: the body is not JSON of the expected shape, or a
+    /// token in it is unknown, used or expired.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// No Bearer token (`code: unauthenticated`) or a bad, expired or revoked
+    /// one (`code: invalid_token`).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// Authenticated but not allowed: not an admin (`forbidden`), or a wrong
+    /// current password (`wrong_password`).
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// No such resource.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The request conflicts with the current state (e.g. retiring the only key).
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// Validation failed; `errors` lists every bad field.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Json<Problem>),
+    /// Too many requests; retry after the given seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
+    /// Something failed on our side; nothing is revealed.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(Json<Problem>),
+}
+
+impl From<Error> for ProblemResponse {
+    fn from(e: Error) -> Self {
+        let unauthorized = |code: &str, title: &str, challenge: String| {
+            ProblemResponse::Unauthorized(
+                Json(Problem::new(StatusCode::UNAUTHORIZED, code, title)),
+                challenge,
+            )
+        };
+        match e {
+            Error::MissingBearer => unauthorized(
+                "unauthenticated",
+                "A Bearer access token is required",
+                "Bearer realm=\"gatehouse\"".to_owned(),
+            ),
+            Error::OAuth {
+                code: OAuthCode::InsufficientScope,
+                ..
+            } => ProblemResponse::Forbidden(Json(Problem::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "The access token lacks a required scope",
+            ))),
+            Error::OAuth {
+                code, description, ..
+            } => {
+                let mut p = Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    code.as_str(),
+                    "The access token is not valid",
+                );
+                p.detail = description.map(Cow::into_owned);
+                ProblemResponse::Unauthorized(Json(p), bearer_challenge(OAuthCode::InvalidToken, None))
+            }
+            Error::Problem(p) => match p.status {
+                400 => ProblemResponse::BadRequest(Json(*p)),
+                403 => ProblemResponse::Forbidden(Json(*p)),
+                404 => ProblemResponse::NotFound(Json(*p)),
+                409 => ProblemResponse::Conflict(Json(*p)),
+                422 => ProblemResponse::Unprocessable(Json(*p)),
+                _ => {
+                    tracing::error!(status = p.status, code = %p.code, "unexpected problem status");
+                    ProblemResponse::Internal(Json(Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "Internal server error",
+                    )))
+                }
+            },
+            Error::RateLimited { retry_after } => ProblemResponse::TooManyRequests(
+                Json(Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many requests",
+                )),
+                retry_after.max(1),
+            ),
+            Error::Internal(e) => {
+                log_internal(&e);
+                ProblemResponse::Internal(Json(Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal server error",
+                )))
+            }
+        }
+    }
 }
 
 fn log_internal(e: &anyhow::Error) {

@@ -12,6 +12,8 @@
 //! - [`password`]: argon2id hashing off the async workers.
 //! - [`error`]: the one error type and its two wire shapes.
 
+pub mod accounts;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -2,7 +2,12 @@
 //! the token they carry; a background sender delivers them (SMTP, or `.eml`
 //! files in the outbox when no SMTP server is configured).
 
+mod sender;
 pub mod templates;
+mod transport;
+
+pub use sender::{LEASE, backoff, run_sender};
+pub use transport::{DeliveryError, Mailer, message_id, message_id_host};
 
 use crate::store::mail::{NewMail, insert_mail};
 

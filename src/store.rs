@@ -7,6 +7,7 @@
 //! process queue on one async mutex, so they never spin on the busy handler;
 //! `busy_timeout` covers other processes such as the CLI.
 
+pub mod account_token;
 pub mod client;
 pub mod key;
 pub mod mail;

@@ -34,7 +34,7 @@ pub enum ClientAuth {
 /// A user's access token (RFC 6750).
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT")]
-pub struct UserBearer(Bearer);
+pub struct UserBearer(pub Bearer);
 
 #[derive(SecurityScheme)]
 pub enum BearerAuth {

@@ -27,6 +27,17 @@ pub enum KeyState {
     Expired,
 }
 
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Expired => "expired",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub key: Arc<SigningKey>,

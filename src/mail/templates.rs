@@ -41,7 +41,8 @@ pub fn verify_email(link: &str) -> Letter {
     let subject = "Confirm your e-mail address".to_owned();
     let lines = [
         "Someone, hopefully you, created an account with this e-mail address.".to_owned(),
-        "Open the link below within 24 hours to confirm it. If it was not you, ignore this message.".to_owned(),
+        "Open the link below within 24 hours to confirm it. If it was not you, ignore this message."
+            .to_owned(),
     ];
     Letter {
         text: format!("{}\n\n{}\n\n{link}\n", lines[0], lines[1]),
@@ -87,7 +88,11 @@ mod tests {
     fn links_appear_in_both_parts_and_html_is_escaped() {
         let letter = verify_email("http://x/verify-email?token=ghv_a&b");
         assert!(letter.text.contains("http://x/verify-email?token=ghv_a&b"));
-        assert!(letter.html.contains("href=\"http://x/verify-email?token=ghv_a&amp;b\""));
+        assert!(
+            letter
+                .html
+                .contains("href=\"http://x/verify-email?token=ghv_a&amp;b\"")
+        );
         assert_eq!(escape_html("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
     }
 }

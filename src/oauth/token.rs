@@ -110,6 +110,8 @@ async fn password_grant(
     } else {
         None
     };
+    // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
+    let password = crate::domain::normalise_password(password.expose_secret());
     // Unknown users verify a dummy hash: every refusal costs one argon2 run.
     let verdict = state
         .hasher

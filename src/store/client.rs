@@ -141,3 +141,21 @@ pub async fn update_client_secret<'e>(
             .context("update client secret")?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Replaces a client's name, grants and scopes. False if absent.
+#[tracing::instrument(skip_all)]
+pub async fn update_client<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    client: &Client,
+) -> anyhow::Result<bool> {
+    let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
+    let done = sqlx::query("update client set name = $1, grant_types = $2, scopes = $3 where id = $4")
+        .bind(&client.name)
+        .bind(grants.join(" "))
+        .bind(client.scopes.to_string())
+        .bind(&client.id)
+        .execute(ex)
+        .await
+        .context("update client")?;
+    Ok(done.rows_affected() == 1)
+}

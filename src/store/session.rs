@@ -166,3 +166,23 @@ pub async fn session_is_live<'e>(
     .context("select session")?;
     Ok(row.is_some())
 }
+
+/// Ends every login of a user but one (the caller's own, by `sid`).
+#[tracing::instrument(skip_all)]
+pub async fn revoke_user_sessions_except<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    user_id: &str,
+    keep_sid: &str,
+    now: i64,
+) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "update login_session set revoked_at = $1 where user_id = $2 and id <> $3 and revoked_at is null",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(keep_sid)
+    .execute(ex)
+    .await
+    .context("revoke other sessions")?;
+    Ok(done.rows_affected())
+}

@@ -91,21 +91,6 @@ pub async fn list_users<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Re
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn update_user_roles<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    email_lower: &str,
-    roles: &str,
-) -> anyhow::Result<bool> {
-    let done = sqlx::query("update user_account set roles = $1 where email_lower = $2")
-        .bind(roles)
-        .bind(email_lower)
-        .execute(ex)
-        .await
-        .context("update user roles")?;
-    Ok(done.rows_affected() == 1)
-}
-
-#[tracing::instrument(skip_all)]
 pub async fn update_user_password_hash<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -120,20 +105,91 @@ pub async fn update_user_password_hash<'e>(
     Ok(())
 }
 
-/// Marks a user disabled; returns the id, or `None` if there is no such user.
 #[tracing::instrument(skip_all)]
-pub async fn disable_user<'e>(
+pub async fn update_user_name<'e>(
     ex: impl Executor<'e, Database = Any>,
-    email_lower: &str,
+    id: &str,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query("update user_account set name = $1 where id = $2")
+        .bind(name)
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("update user name")?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn mark_email_verified<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
     now: i64,
-) -> anyhow::Result<Option<String>> {
-    let id: Option<(String,)> = sqlx::query_as(
-        "update user_account set disabled_at = coalesce(disabled_at, $1) where email_lower = $2 returning id",
-    )
-    .bind(now)
-    .bind(email_lower)
-    .fetch_optional(ex)
+) -> anyhow::Result<()> {
+    sqlx::query("update user_account set email_verified_at = coalesce(email_verified_at, $1) where id = $2")
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("mark email verified")?;
+    Ok(())
+}
+
+/// Deletes a user; sessions, refresh tokens, mailed tokens and queued mail go with it.
+#[tracing::instrument(skip_all)]
+pub async fn delete_user<'e>(ex: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query("delete from user_account where id = $1")
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("delete user")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets or clears `disabled_at`; false if there is no such user.
+#[tracing::instrument(skip_all)]
+pub async fn set_user_disabled<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+    disabled_at: Option<i64>,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("update user_account set disabled_at = $1 where id = $2")
+        .bind(disabled_at)
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("set user disabled")?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn update_user_roles<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+    roles: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("update user_account set roles = $1 where id = $2")
+        .bind(roles)
+        .bind(id)
+        .execute(ex)
+        .await
+        .context("update user roles")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One page of users ordered by id, after `cursor` (an id) when given.
+#[tracing::instrument(skip_all)]
+pub async fn list_users_page<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<UserRow>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from user_account where id > $1 order by id limit $2"
+    ))
+    .bind(cursor.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(ex)
     .await
-    .context("disable user")?;
-    Ok(id.map(|(id,)| id))
+    .context("select users page")
 }

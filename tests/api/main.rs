@@ -7,10 +7,15 @@
 
 mod helpers;
 
+mod accounts;
+mod admin;
 mod cli;
 mod discovery;
 mod errors;
 mod interop;
 mod keys;
+mod mail;
+mod passwords;
+mod smtp_sink;
 mod token;
 mod tokens_checked;
