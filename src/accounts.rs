@@ -27,6 +27,15 @@ fn check_new_password(state: &AppState, field: &str, text: &str) -> Result<Passw
         .map_err(|e: PasswordError| FieldProblem::new(field, e.code(), e.to_string()))
 }
 
+/// The `email` field: required and a valid address.
+fn email_field(email: Option<&str>) -> Result<crate::domain::Email, FieldProblem> {
+    match email.map(crate::domain::Email::parse) {
+        None => Err(FieldProblem::new("email", "required", "is required")),
+        Some(Err(e)) => Err(FieldProblem::new("email", "invalid_email", e)),
+        Some(Ok(email)) => Ok(email),
+    }
+}
+
 /// A mailed token that is unknown, used or expired.
 fn token_invalid() -> Error {
     Error::problem(

@@ -330,13 +330,9 @@ async fn users(
                 created_at: now,
             };
             let mut tx = db.begin_write().await?;
-            if crate::store::user::find_user_by_email(tx.conn(), &user.email_lower)
-                .await?
-                .is_some()
-            {
+            if !insert_user(tx.conn(), &user).await? {
                 bail!("a user with this e-mail address already exists");
             }
-            insert_user(tx.conn(), &user).await?;
             tx.commit().await?;
             Ok(user_json(&user))
         }

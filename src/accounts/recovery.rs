@@ -1,7 +1,6 @@
 //! Password reset by a mailed link.
 
 use crate::app::AppState;
-use crate::domain::Email;
 use crate::error::{Error, FieldProblem};
 use crate::mail::{enqueue, templates};
 use crate::store::account_token::{
@@ -11,28 +10,12 @@ use crate::store::session::revoke_user_sessions;
 use crate::store::user::{find_user_by_email, mark_email_verified, update_user_password_hash};
 use crate::tokens::{OpaqueToken, TokenDigest, TokenKind};
 
-use super::{RESET_TTL, check_new_password, public_url, token_invalid};
+use super::{RESET_TTL, check_new_password, email_field, public_url, token_invalid};
 
 /// Mails a reset link when the address has an account; says nothing either way.
 #[tracing::instrument(skip_all)]
 pub async fn request_password_reset(state: &AppState, email: Option<String>, now: i64) -> Result<(), Error> {
-    let email = match email.as_deref().map(Email::parse) {
-        None => {
-            return Err(Error::validation(vec![FieldProblem::new(
-                "email",
-                "required",
-                "is required",
-            )]));
-        }
-        Some(Err(e)) => {
-            return Err(Error::validation(vec![FieldProblem::new(
-                "email",
-                "invalid_email",
-                e,
-            )]));
-        }
-        Some(Ok(email)) => email,
-    };
+    let email = email_field(email.as_deref()).map_err(|p| Error::validation(vec![p]))?;
     let mut tx = state.db.begin_write().await?;
     if let Some(user) = find_user_by_email(tx.conn(), email.lower()).await?
         && user.is_active()

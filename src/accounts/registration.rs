@@ -1,7 +1,6 @@
 //! Registration, e-mail verification and its resend.
 
 use crate::app::AppState;
-use crate::domain::Email;
 use crate::error::{Error, FieldProblem};
 use crate::mail::{enqueue, templates};
 use crate::store::account_token::{
@@ -10,7 +9,7 @@ use crate::store::account_token::{
 use crate::store::user::{UserRow, find_user_by_email, insert_user, mark_email_verified};
 use crate::tokens::{OpaqueToken, TokenDigest, TokenKind};
 
-use super::{VERIFY_TTL, check_new_password, plain_text, public_url, token_invalid};
+use super::{VERIFY_TTL, check_new_password, email_field, plain_text, public_url, token_invalid};
 
 /// Registers an account, or, when the address already has one, mails its
 /// owner a notice instead. The caller's answer is the same either way.
@@ -23,17 +22,7 @@ pub async fn register(
     now: i64,
 ) -> Result<(), Error> {
     let mut problems = Vec::new();
-    let email = match email.as_deref().map(Email::parse) {
-        None => {
-            problems.push(FieldProblem::new("email", "required", "is required"));
-            None
-        }
-        Some(Err(e)) => {
-            problems.push(FieldProblem::new("email", "invalid_email", e));
-            None
-        }
-        Some(Ok(email)) => Some(email),
-    };
+    let email = email_field(email.as_deref()).map_err(|p| problems.push(p)).ok();
     let password = match password.as_deref() {
         None => {
             problems.push(FieldProblem::new("password", "required", "is required"));
@@ -81,7 +70,10 @@ pub async fn register(
                 disabled_at: None,
                 created_at: now,
             };
-            insert_user(tx.conn(), &user).await?;
+            if !insert_user(tx.conn(), &user).await? {
+                // A concurrent registration of the same address won; it mails.
+                return Ok(());
+            }
             queue_verification(state, &mut tx, &user, now).await?;
             tracing::info!(event = "account_registered", user_id = %user.id, "account registered");
         }
@@ -143,23 +135,7 @@ pub async fn verify_email(state: &AppState, token: &str, now: i64) -> Result<(),
 /// account; says nothing either way.
 #[tracing::instrument(skip_all)]
 pub async fn resend_verification(state: &AppState, email: Option<String>, now: i64) -> Result<(), Error> {
-    let email = match email.as_deref().map(Email::parse) {
-        None => {
-            return Err(Error::validation(vec![FieldProblem::new(
-                "email",
-                "required",
-                "is required",
-            )]));
-        }
-        Some(Err(e)) => {
-            return Err(Error::validation(vec![FieldProblem::new(
-                "email",
-                "invalid_email",
-                e,
-            )]));
-        }
-        Some(Ok(email)) => email,
-    };
+    let email = email_field(email.as_deref()).map_err(|p| Error::validation(vec![p]))?;
     let mut tx = state.db.begin_write().await?;
     if let Some(user) = find_user_by_email(tx.conn(), email.lower()).await?
         && user.email_verified_at.is_none()

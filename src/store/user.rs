@@ -33,8 +33,9 @@ impl UserRow {
 const COLUMNS: &str =
     "id, email, email_lower, password_hash, name, roles, email_verified_at, disabled_at, created_at";
 
+/// Inserts a user; false when the e-mail address is already taken.
 #[tracing::instrument(skip_all)]
-pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserRow) -> anyhow::Result<()> {
+pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserRow) -> anyhow::Result<bool> {
     sqlx::query(
         "insert into user_account (id, email, email_lower, password_hash, name, roles, \
          email_verified_at, disabled_at, created_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -50,8 +51,13 @@ pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserR
     .bind(user.created_at)
     .execute(ex)
     .await
-    .context("insert user")?;
-    Ok(())
+    .map(|_| true)
+    .or_else(|e| match e.as_database_error() {
+        // The e-mail address is taken (`email_lower` is unique).
+        Some(db) if db.is_unique_violation() => Ok(false),
+        _ => Err(e),
+    })
+    .context("insert user")
 }
 
 #[tracing::instrument(skip_all)]
