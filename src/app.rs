@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use poem::endpoint::BoxEndpoint;
-use poem::http::HeaderValue;
+use poem::http::{HeaderValue, StatusCode};
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
@@ -18,7 +18,9 @@ use tracing::Instrument;
 use crate::config::{ConfigError, Settings};
 use crate::http::accounts::AccountsApi;
 use crate::http::admin::AdminApi;
+use crate::http::body::limit_body;
 use crate::http::discovery::{DiscoveryApi, ProviderMetadata};
+use crate::http::headers::HeaderPolicy;
 use crate::http::oauth2::OAuth2Api;
 use crate::http::ops::OpsApi;
 use crate::keys::{KeyFileError, KeyRing};
@@ -76,6 +78,10 @@ pub fn openapi_json() -> String {
 /// Builds the whole HTTP application around `state`.
 pub fn routes(state: AppState) -> BoxEndpoint<'static> {
     let api = openapi_service();
+    let policy = Arc::new(HeaderPolicy {
+        cors_origins: state.settings.cors_origins.clone(),
+        hsts: state.issuer.starts_with("https://"),
+    });
     Route::new()
         .at(
             "/verify-email",
@@ -91,13 +97,19 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
         .at("/openapi.yaml", api.spec_endpoint_yaml())
         .nest("/", api)
         .data(state)
-        .around(|ep, req| async move { Ok(respond(ep, req).await) })
+        .around(move |ep, req| {
+            let policy = policy.clone();
+            async move { Ok(respond(ep, req, &policy).await) }
+        })
         .boxed()
 }
 
+/// How long one request may take before it is answered 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Outermost layer: every failure gets its standard shape, every answer a
 /// request id and the security headers.
-async fn respond(ep: Arc<impl Endpoint>, req: Request) -> Response {
+async fn respond(ep: Arc<impl Endpoint>, req: Request, policy: &HeaderPolicy) -> Response {
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -109,17 +121,29 @@ async fn respond(ep: Arc<impl Endpoint>, req: Request) -> Response {
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", request_id = %request_id);
-    let mut resp = match ep.call(req).instrument(span).await {
-        Ok(resp) => resp.into_response(),
-        Err(err) => crate::error::render_unhandled(&path, err),
+    let req_headers = req.headers().clone();
+    let mut resp = match policy.preflight(&req) {
+        Some(resp) => resp,
+        None => match limit_body(req).await {
+            Err(status) => crate::error::render_unhandled(&path, poem::Error::from_status(status)),
+            Ok(req) => match tokio::time::timeout(REQUEST_TIMEOUT, ep.call(req).instrument(span)).await {
+                Ok(Ok(resp)) => resp.into_response(),
+                Ok(Err(err)) => crate::error::render_unhandled(&path, err),
+                Err(_) => {
+                    tracing::warn!(request_id = %request_id, "request timed out");
+                    crate::error::render_unhandled(
+                        &path,
+                        poem::Error::from_status(StatusCode::SERVICE_UNAVAILABLE),
+                    )
+                }
+            },
+        },
     };
+    policy.apply(&path, &req_headers, &mut resp);
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);
     }
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     tracing::info!(
         request_id = %request_id,
         method = %method,
@@ -228,6 +252,7 @@ impl Application {
     /// Serves until `signal` completes, then drains in-flight requests.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let reloader = tokio::spawn(reload_keys(self.state.clone()));
+        let pruner = tokio::spawn(prune_regularly(self.state.clone()));
         let (stop_mail, mail_stop) = tokio::sync::watch::channel(false);
         let mut mail_sender = tokio::spawn(crate::mail::run_sender(
             self.state.db.clone(),
@@ -244,6 +269,7 @@ impl Application {
             .run_with_graceful_shutdown(routes(self.state.clone()), signal, Some(Duration::from_secs(20)))
             .await;
         reloader.abort();
+        pruner.abort();
         // Let the message in flight finish; an unfinished one is retried
         // after its lease by whichever instance runs next.
         let _ = stop_mail.send(true);
@@ -260,6 +286,20 @@ impl Application {
 }
 
 /// Picks up `keys rotate` / `keys retire` from any instance, once a second.
+/// Deletes dead rows at start and every ten minutes (SPEC §2: bounded storage).
+async fn prune_regularly(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::store::prune::prune(&state.db, crate::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned expired rows"),
+            Err(e) => tracing::warn!("pruning failed: {e:#}"),
+        }
+    }
+}
+
 async fn reload_keys(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

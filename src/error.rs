@@ -594,12 +594,17 @@ pub fn render_unhandled(path: &str, err: poem::Error) -> Response {
             "Unsupported media type",
             "the request body has a content type this resource does not accept",
         ),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "unavailable",
+            "Service unavailable",
+            "the request could not be served in time; try again",
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => (
             "payload_too_large",
             "Payload too large",
             "the request body is too large",
         ),
-        s if s.is_server_error() => {
+        s if s.is_server_error() && s != StatusCode::SERVICE_UNAVAILABLE => {
             tracing::error!(error = %err, "unhandled internal error");
             (
                 "internal",
@@ -615,7 +620,10 @@ pub fn render_unhandled(path: &str, err: poem::Error) -> Response {
     };
     if path.starts_with("/oauth2/") {
         let (status, code) = match status {
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => (status, OAuthCode::InvalidRequest),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::PAYLOAD_TOO_LARGE => {
+                (status, OAuthCode::InvalidRequest)
+            }
+            StatusCode::SERVICE_UNAVAILABLE => (status, OAuthCode::TemporarilyUnavailable),
             s if s.is_server_error() => (StatusCode::INTERNAL_SERVER_ERROR, OAuthCode::ServerError),
             _ => (StatusCode::BAD_REQUEST, OAuthCode::InvalidRequest),
         };
@@ -630,7 +638,7 @@ pub fn render_unhandled(path: &str, err: poem::Error) -> Response {
             .header("Pragma", "no-cache")
             .body(body);
     }
-    let status = if status.is_server_error() {
+    let status = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         status

@@ -3,7 +3,9 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod body;
 pub mod discovery;
+pub mod headers;
 pub mod oauth2;
 pub mod ops;
 pub mod pages;

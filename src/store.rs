@@ -11,6 +11,7 @@ pub mod account_token;
 pub mod client;
 pub mod key;
 pub mod mail;
+pub mod prune;
 pub mod revocation;
 pub mod session;
 pub mod user;
@@ -37,6 +38,8 @@ pub struct Db {
     backend: Backend,
     /// SQLite only: one writer at a time in this process.
     write_lock: Option<Arc<Mutex<()>>>,
+    /// SQLite only: the same file opened without create, for [`Db::ping`].
+    ping_options: Option<AnyConnectOptions>,
 }
 
 /// A write transaction; on SQLite it also holds the process's write lock.
@@ -69,6 +72,9 @@ impl DerefMut for WriteTx {
     }
 }
 
+/// The longest [`Db::ping`] waits for an answer.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -89,6 +95,13 @@ impl Db {
             _ => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url).context("parsing the database URL")?;
+        let ping_options = match backend {
+            Backend::Sqlite => Some(
+                AnyConnectOptions::from_str(&url.replace("mode=rwc", "mode=rw"))
+                    .context("parsing the database URL")?,
+            ),
+            Backend::Postgres => None,
+        };
         let pool = match backend {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
@@ -121,6 +134,7 @@ impl Db {
             pool,
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            ping_options,
         })
     }
 
@@ -155,9 +169,24 @@ impl Db {
         Ok(WriteTx { tx, _guard: guard })
     }
 
-    /// Is the database reachable?
+    /// Is the database reachable? Answers within [`PING_TIMEOUT`] (the pool
+    /// would wait its whole acquire timeout for a dead server). On SQLite it
+    /// also opens the file afresh, without create: pooled connections keep a
+    /// deleted or moved file open and would still say yes.
     pub async fn ping(&self) -> bool {
-        sqlx::query("select 1").execute(&self.pool).await.is_ok()
+        let check = async {
+            sqlx::query("select 1").execute(&self.pool).await?;
+            if let Some(options) = &self.ping_options {
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect_with(options).await?;
+                let read = sqlx::query("select count(*) from sqlite_master")
+                    .execute(&mut conn)
+                    .await;
+                let _ = sqlx::Connection::close(conn).await;
+                read?;
+            }
+            Ok::<(), sqlx::Error>(())
+        };
+        matches!(tokio::time::timeout(PING_TIMEOUT, check).await, Ok(Ok(())))
     }
 
     pub async fn close(&self) {

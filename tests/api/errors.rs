@@ -102,3 +102,141 @@ async fn every_answer_carries_a_request_id_and_security_headers() {
         "an insane id is replaced: {id}"
     );
 }
+
+#[tokio::test]
+async fn bodies_over_64_kib_are_refused_with_413() {
+    let app = TestApp::spawn().await;
+    let big = "a".repeat(70 * 1024);
+
+    let resp = app
+        .http
+        .post(app.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type=password&username={big}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_request");
+
+    // Chunked, without a Content-Length.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(&app.config.listen).await.unwrap();
+    let mut request = String::from(
+        "POST /accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for chunk in big.as_bytes().chunks(4096) {
+        request.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    request.push_str("0\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn html_and_json_answers_carry_a_strict_csp_and_docs_its_own() {
+    let app = TestApp::spawn().await;
+
+    let json = app.http.get(app.url("/health")).send().await.unwrap();
+    let csp = json.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+
+    let docs = app.http.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    let csp = docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'unsafe-inline'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(
+        docs.headers().get("strict-transport-security").is_none(),
+        "no HSTS over http"
+    );
+}
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let app = TestApp::spawn_with(|c| c.cors_origins = "https://app.example".into()).await;
+
+    let preflight = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/oauth2/token"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(preflight.headers()["access-control-allow-credentials"], "true");
+
+    let stranger = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/oauth2/token"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 403);
+    assert!(stranger.headers().get("access-control-allow-origin").is_none());
+
+    let simple = app
+        .http
+        .get(app.url("/health"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(simple.headers().get("access-control-allow-origin").is_none());
+    let allowed = app
+        .http
+        .get(app.url("/health"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
+async fn an_https_issuer_gets_hsts() {
+    let app = TestApp::spawn_with(|c| c.issuer = Some("https://id.example".into())).await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/health", app.config.listen))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age=")
+    );
+}

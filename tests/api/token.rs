@@ -584,3 +584,73 @@ async fn concurrent_writes_all_succeed() {
         );
     }
 }
+
+#[tokio::test]
+async fn dead_rows_are_pruned_and_live_ones_kept() {
+    let app = TestApp::spawn_with(|c| c.access_token_ttl = "60".into()).await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let ended = app.login(&client, "ada@example.com", None).await;
+    let live = app.login(&client, "ada@example.com", None).await;
+    // End one chain, rotate the live one (its used token stays for reuse detection).
+    app.post_form(
+        "/oauth2/revoke",
+        &client,
+        &[("token", ended["refresh_token"].as_str().unwrap())],
+    )
+    .await;
+    app.post_form(
+        "/oauth2/revoke",
+        &client,
+        &[("token", ended["access_token"].as_str().unwrap())],
+    )
+    .await;
+    let rotated = json(
+        app.refresh(&client, live["refresh_token"].as_str().unwrap())
+            .await,
+    )
+    .await
+    .1;
+
+    let db = gatehouse::store::Db::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    let count = |table: &'static str| {
+        let db = db.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(&format!("select count(*) from {table}"))
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(
+        (count("login_session").await, count("refresh_token").await),
+        (2, 3)
+    );
+
+    // Now: nothing is old enough yet.
+    let now = gatehouse::now();
+    assert_eq!(gatehouse::store::prune::prune(&db, now).await.unwrap(), 0);
+    // Two days later the revoked chain and the revoked access token's row go;
+    // the live chain stays.
+    let pruned = gatehouse::store::prune::prune(&db, now + 2 * 86_400)
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned, 2,
+        "one ended session (with its token) and one revoked access token row"
+    );
+    assert_eq!(
+        (count("login_session").await, count("revoked_access_token").await),
+        (1, 0)
+    );
+    assert_eq!(
+        app.refresh(&client, rotated["refresh_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    db.close().await;
+}
