@@ -42,6 +42,10 @@ pub struct StateInner {
     pub mailer: Arc<crate::mail::Mailer>,
     /// Wakes the mail sender; `notify_one()` after committing queued mail.
     pub mail_wakeup: Arc<tokio::sync::Notify>,
+    /// Prometheus counters; `GET /metrics` renders them.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Wrong client secrets per client (SPEC §10), in memory.
+    pub secret_failures: crate::oauth::SecretFailureBudget,
 }
 
 /// Everything a request may need; cheap to clone.
@@ -95,11 +99,14 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
         .nest("/docs", api.swagger_ui())
         .at("/openapi.json", api.spec_endpoint())
         .at("/openapi.yaml", api.spec_endpoint_yaml())
+        .at("/metrics", poem::get(crate::http::ops::metrics))
         .nest("/", api)
-        .data(state)
+        .data(state.clone())
+        .with(crate::http::limits::ClientIpLimit::new(&state))
         .around(move |ep, req| {
             let policy = policy.clone();
-            async move { Ok(respond(ep, req, &policy).await) }
+            let metrics = state.metrics.clone();
+            async move { Ok(respond(ep, req, &policy, &metrics).await) }
         })
         .boxed()
 }
@@ -109,7 +116,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Outermost layer: every failure gets its standard shape, every answer a
 /// request id and the security headers.
-async fn respond(ep: Arc<impl Endpoint>, req: Request, policy: &HeaderPolicy) -> Response {
+async fn respond(
+    ep: Arc<impl Endpoint>,
+    req: Request,
+    policy: &HeaderPolicy,
+    metrics: &crate::metrics::Metrics,
+) -> Response {
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -124,19 +136,24 @@ async fn respond(ep: Arc<impl Endpoint>, req: Request, policy: &HeaderPolicy) ->
     let req_headers = req.headers().clone();
     let mut resp = match policy.preflight(&req) {
         Some(resp) => resp,
-        None => match limit_body(req).await {
-            Err(status) => crate::error::render_unhandled(&path, poem::Error::from_status(status)),
-            Ok(req) => match tokio::time::timeout(REQUEST_TIMEOUT, ep.call(req).instrument(span)).await {
-                Ok(Ok(resp)) => resp.into_response(),
-                Ok(Err(err)) => crate::error::render_unhandled(&path, err),
-                Err(_) => {
-                    tracing::warn!(request_id = %request_id, "request timed out");
-                    crate::error::render_unhandled(
-                        &path,
-                        poem::Error::from_status(StatusCode::SERVICE_UNAVAILABLE),
-                    )
-                }
-            },
+        // Reading the body counts against the deadline too (slow uploads).
+        None => match tokio::time::timeout(REQUEST_TIMEOUT, async {
+            match limit_body(req).await {
+                Ok(req) => ep.call(req).instrument(span).await,
+                Err(status) => Err(poem::Error::from_status(status)),
+            }
+        })
+        .await
+        {
+            Ok(Ok(resp)) => resp.into_response(),
+            Ok(Err(err)) => crate::error::render_unhandled(&path, err),
+            Err(_) => {
+                tracing::warn!(request_id = %request_id, "request timed out");
+                crate::error::render_unhandled(
+                    &path,
+                    poem::Error::from_status(StatusCode::SERVICE_UNAVAILABLE),
+                )
+            }
         },
     };
     policy.apply(&path, &req_headers, &mut resp);
@@ -144,12 +161,16 @@ async fn respond(ep: Arc<impl Endpoint>, req: Request, policy: &HeaderPolicy) ->
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);
     }
+    // The template, never the concrete path: bounded labels, no ids in logs.
+    let route = metrics.route(resp.data::<poem_openapi::OperationId>().map(|o| o.0), &path);
+    let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
+    metrics.observe_request(&route, &method, status, elapsed);
     tracing::info!(
         request_id = %request_id,
         method = %method,
-        path = %path,
-        status = resp.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        route = %route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     resp
@@ -232,6 +253,10 @@ impl Application {
                 discovery,
                 mailer,
                 mail_wakeup: Arc::new(tokio::sync::Notify::new()),
+                metrics: Arc::new(crate::metrics::Metrics::new(
+                    <Apis as poem_openapi::OpenApi>::meta(),
+                )),
+                secret_failures: crate::oauth::SecretFailureBudget::new(),
             })),
         })
     }
@@ -266,6 +291,7 @@ impl Application {
             "gatehouse listening"
         );
         let result = Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(Duration::from_secs(60))
             .run_with_graceful_shutdown(routes(self.state.clone()), signal, Some(Duration::from_secs(20)))
             .await;
         reloader.abort();

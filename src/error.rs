@@ -295,6 +295,13 @@ pub enum OAuthErrorResponse {
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Pragma")] String,
     ),
+    /// `invalid_request`: the body is over 64 KiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(
+        Json<OAuthErrorBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+    ),
     /// `temporarily_unavailable`: too many requests; retry after the given seconds.
     #[oai(status = 429)]
     TooManyRequests(
@@ -379,6 +386,12 @@ pub enum ProblemResponse {
     /// The request conflicts with the current state (e.g. retiring the only key).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The body is over the size limit (`code: payload_too_large`).
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The body is not `application/json` (`code: unsupported_media_type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Validation failed; `errors` lists every bad field.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
@@ -428,6 +441,8 @@ impl From<Error> for ProblemResponse {
                 403 => ProblemResponse::Forbidden(Json(*p)),
                 404 => ProblemResponse::NotFound(Json(*p)),
                 409 => ProblemResponse::Conflict(Json(*p)),
+                413 => ProblemResponse::PayloadTooLarge(Json(*p)),
+                415 => ProblemResponse::UnsupportedMediaType(Json(*p)),
                 422 => ProblemResponse::Unprocessable(Json(*p)),
                 _ => {
                     tracing::error!(status = p.status, code = %p.code, "unexpected problem status");

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod discovery;
 pub mod headers;
+pub mod limits;
 pub mod oauth2;
 pub mod ops;
 pub mod pages;

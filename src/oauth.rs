@@ -8,7 +8,7 @@ mod revoke;
 mod token;
 mod userinfo;
 
-pub use client_auth::{ClientCredentials, authenticate_client};
+pub use client_auth::{ClientCredentials, SecretFailureBudget, authenticate_client};
 pub use introspect::{Introspection, introspect};
 pub use revoke::revoke;
 pub use token::{TokenGrant, TokenRequest, exchange};

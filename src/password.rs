@@ -8,7 +8,6 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier 
 use argon2::{Algorithm, Argon2, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 
 /// OWASP's argon2id minimum: m = 19 MiB, t = 2, p = 1.
 fn params() -> Params {
@@ -51,25 +50,41 @@ impl Hasher {
     }
 
     pub async fn hash(&self, password: SecretString) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| hash_blocking(&password)))
-            .instrument(tracing::Span::current())
+        // The permit moves into the blocking job: if this future is dropped
+        // (client gone, timeout), the slot stays taken until argon2 is done.
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
             .await
-            .context("hash task")?
+            .context("hasher closed")?;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            span.in_scope(|| hash_blocking(&password))
+        })
+        .await
+        .context("hash task")?
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when
     /// `stored` is `None`; the answer is then always [`Verdict::Wrong`].
     pub async fn verify(&self, password: SecretString, stored: Option<String>) -> anyhow::Result<Verdict> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .context("hasher closed")?;
         let real = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let span = tracing::Span::current();
-        let verdict =
-            tokio::task::spawn_blocking(move || span.in_scope(|| verify_blocking(&password, &hash)))
-                .await
-                .context("verify task")?;
+        let verdict = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            span.in_scope(|| verify_blocking(&password, &hash))
+        })
+        .await
+        .context("verify task")?;
         Ok(if real { verdict } else { Verdict::Wrong })
     }
 }

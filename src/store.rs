@@ -10,6 +10,7 @@
 pub mod account_token;
 pub mod client;
 pub mod key;
+pub mod login_attempt;
 pub mod mail;
 pub mod prune;
 pub mod revocation;

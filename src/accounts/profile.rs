@@ -4,6 +4,7 @@ use crate::app::AppState;
 use crate::domain::normalise_password;
 use crate::error::{Error, FieldProblem};
 use crate::password::Verdict;
+use crate::store::account_token::{Purpose, expire_account_tokens};
 use crate::store::session::{revoke_user_sessions, revoke_user_sessions_except};
 use crate::store::user::{UserRow, delete_user, find_user, update_user_name, update_user_password_hash};
 use crate::tokens::jwt::AccessClaims;
@@ -97,22 +98,28 @@ pub async fn change_password(
     new_password: Option<String>,
     now: i64,
 ) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    if current_password.is_none() {
+        problems.push(FieldProblem::new("current_password", "required", "is required"));
+    }
     let new = match new_password.as_deref() {
         None => {
-            return Err(Error::validation(vec![FieldProblem::new(
-                "new_password",
-                "required",
-                "is required",
-            )]));
+            problems.push(FieldProblem::new("new_password", "required", "is required"));
+            None
         }
-        Some(text) => {
-            check_new_password(state, "new_password", text).map_err(|p| Error::validation(vec![p]))?
-        }
+        Some(text) => check_new_password(state, "new_password", text)
+            .map_err(|p| problems.push(p))
+            .ok(),
+    };
+    let (Some(new), true) = (new, problems.is_empty()) else {
+        return Err(Error::validation(problems));
     };
     check_current(state, user, "current_password", current_password).await?;
     let hash = state.hasher.hash(new.into_secret()).await?;
     let mut tx = state.db.begin_write().await?;
     update_user_password_hash(tx.conn(), &user.id, &hash).await?;
+    // An older reset link must not undo the change.
+    expire_account_tokens(tx.conn(), &user.id, Purpose::ResetPassword, now).await?;
     let ended = match &claims.sid {
         Some(sid) => revoke_user_sessions_except(tx.conn(), &user.id, sid, now).await?,
         None => revoke_user_sessions(tx.conn(), &user.id, now).await?,

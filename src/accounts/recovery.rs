@@ -4,7 +4,7 @@ use crate::app::AppState;
 use crate::error::{Error, FieldProblem};
 use crate::mail::{enqueue, templates};
 use crate::store::account_token::{
-    Purpose, consume_account_token, expire_account_tokens, insert_account_token,
+    Purpose, consume_account_token, expire_account_tokens, find_live_account_token, insert_account_token,
 };
 use crate::store::session::revoke_user_sessions;
 use crate::store::user::{find_user_by_email, mark_email_verified, update_user_password_hash};
@@ -76,11 +76,17 @@ pub async fn confirm_password_reset(
     if !token.starts_with(TokenKind::PasswordReset.prefix()) || token.len() > 256 {
         return Err(token_invalid());
     }
+    // Check the token before paying for argon2: a made-up token costs nothing.
+    let digest = TokenDigest::of(&token);
+    if find_live_account_token(state.db.pool(), &digest, Purpose::ResetPassword, now)
+        .await?
+        .is_none()
+    {
+        return Err(token_invalid());
+    }
     let hash = state.hasher.hash(password.into_secret()).await?;
     let mut tx = state.db.begin_write().await?;
-    let Some(user_id) =
-        consume_account_token(tx.conn(), &TokenDigest::of(&token), Purpose::ResetPassword, now).await?
-    else {
+    let Some(user_id) = consume_account_token(tx.conn(), &digest, Purpose::ResetPassword, now).await? else {
         return Err(token_invalid());
     };
     update_user_password_hash(tx.conn(), &user_id, &hash).await?;

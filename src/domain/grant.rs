@@ -55,3 +55,35 @@ mod tests {
         assert_eq!(GrantType::parse("implicit"), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parse_knows_exactly_the_three_names(
+            text in prop_oneof![
+                Just("password".to_owned()),
+                Just("refresh_token".to_owned()),
+                Just("client_credentials".to_owned()),
+                Just("Password".to_owned()),
+                Just("password ".to_owned()),
+                Just("authorization_code".to_owned()),
+                "[a-z_]{0,20}",
+                any::<String>(),
+            ],
+        ) {
+            match GrantType::parse(&text) {
+                Some(g) => {
+                    prop_assert_eq!(g.as_str(), text.as_str());
+                    prop_assert_eq!(g.to_string(), text.clone());
+                    prop_assert_eq!(g.acts_for_users(), g != GrantType::ClientCredentials);
+                }
+                None => prop_assert!(GrantType::ALL.iter().all(|g| g.as_str() != text)),
+            }
+        }
+    }
+}

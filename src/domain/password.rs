@@ -267,3 +267,93 @@ mod tests {
         assert!(!shown.contains("horse"), "{shown}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The list entries of a valid length, in a stable order.
+    static LISTED: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+        let mut entries: Vec<&'static str> = COMMON
+            .iter()
+            .map(|e| &**e)
+            .filter(|e| (8..=MAX_LENGTH).contains(&e.chars().count()))
+            .collect();
+        entries.sort_unstable();
+        entries
+    });
+
+    fn candidate() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 ]{0,140}",
+            "\\PC{0,140}",
+            // Characters NFKC changes: ligatures, full-width, combining marks, ℌ, ①.
+            "[a-z\\x{FB00}-\\x{FB06}\\x{FF01}-\\x{FF5E}\\x{300}-\\x{36F}\\x{210C}\\x{2460}-\\x{2473}\\x{FDFA}]{0,140}",
+            any::<String>(),
+            // Around the byte cap.
+            ("[a-z]{4090,4100}").boxed(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn parse_never_panics_and_keeps_only_valid_lengths(text in candidate(), min in 1usize..=64) {
+            let normal = normalise(&text);
+            let length = normal.expose_secret().chars().count();
+            match Password::parse(&text, min) {
+                Ok(pw) => {
+                    prop_assert_eq!(pw.expose(), normal.expose_secret());
+                    prop_assert!((min..=MAX_LENGTH).contains(&length), "{} chars accepted", length);
+                    prop_assert!(!pw.expose().contains('\0'));
+                    prop_assert!(!is_common(pw.expose()));
+                }
+                Err(PasswordError::Nul) => prop_assert!(text.contains('\0')),
+                Err(PasswordError::TooShort { min: m }) => {
+                    prop_assert_eq!(m, min);
+                    prop_assert!(length < min);
+                }
+                Err(PasswordError::TooLong) => {
+                    prop_assert!(length > MAX_LENGTH || text.len() > MAX_INPUT_BYTES);
+                }
+                Err(PasswordError::Common) => prop_assert!(is_common(normal.expose_secret())),
+            }
+        }
+
+        #[test]
+        fn the_default_policy_accepts_8_to_128_characters_after_nfkc(text in candidate()) {
+            if Password::parse(&text, 8).is_ok() {
+                let length = normalise(&text).expose_secret().chars().count();
+                prop_assert!((8..=128).contains(&length), "{} chars accepted", length);
+            }
+        }
+
+        #[test]
+        fn normalising_is_idempotent_so_login_matches_registration(text in candidate()) {
+            let once = normalise(&text);
+            let twice = normalise(once.expose_secret());
+            prop_assert_eq!(once.expose_secret(), twice.expose_secret());
+            if let Ok(pw) = Password::parse(&text, 8) {
+                // What a login normalises is what registration hashed.
+                let again = normalise(pw.expose());
+                prop_assert_eq!(pw.expose(), again.expose_secret());
+                prop_assert!(Password::parse(pw.expose(), 8).is_ok());
+            }
+        }
+
+        #[test]
+        fn list_entries_are_refused_whatever_their_case(
+            index in any::<prop::sample::Index>(),
+            upper in any::<bool>(),
+        ) {
+            let entry = *index.get(&LISTED);
+            let text = if upper { entry.to_uppercase() } else { entry.to_owned() };
+            if fold(&text) == entry {
+                prop_assert_eq!(Password::parse(&text, 8).map(|_| ()), Err(PasswordError::Common));
+            }
+        }
+    }
+}

@@ -44,3 +44,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn allowed(text: &str) -> bool {
+        (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-:.".contains(&b))
+    }
+
+    proptest! {
+        #[test]
+        fn parse_accepts_exactly_the_documented_alphabet(
+            text in prop_oneof!["[a-z0-9_:.-]{0,70}", "[ -~]{0,16}", "\\PC{0,16}", any::<String>()],
+        ) {
+            match Role::parse(&text) {
+                Ok(role) => {
+                    prop_assert!(allowed(&text), "{:?} accepted", text);
+                    prop_assert_eq!(role.as_str(), text.as_str());
+                    prop_assert_eq!(role.to_string(), text.clone());
+                    prop_assert_eq!(Role::parse(role.as_str()), Ok(role));
+                }
+                Err(_) => prop_assert!(!allowed(&text), "{:?} refused", text),
+            }
+        }
+    }
+}

@@ -94,6 +94,8 @@ pub struct ProfileBody {
     pub id: String,
     pub email: String,
     pub email_verified: bool,
+    /// `null` until the user sets one.
+    #[oai(nullable)]
     pub name: Option<String>,
     pub roles: Vec<String>,
     /// RFC 3339, UTC.

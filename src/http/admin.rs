@@ -21,6 +21,8 @@ pub struct AdminUser {
     pub id: String,
     pub email: String,
     pub email_verified: bool,
+    /// `null` until the user sets one.
+    #[oai(nullable)]
     pub name: Option<String>,
     pub roles: Vec<String>,
     pub disabled: bool,
@@ -46,6 +48,7 @@ impl From<&UserRow> for AdminUser {
 pub struct UsersPage {
     pub users: Vec<AdminUser>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
@@ -65,7 +68,8 @@ pub struct ClientBody {
     pub scopes: Vec<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
-    /// Shown once: on creation and on rotation.
+    /// Shown once: on creation and on rotation; absent otherwise.
+    #[oai(skip_serializing_if_is_none)]
     pub client_secret: Option<String>,
 }
 
@@ -117,6 +121,8 @@ pub struct KeyBody {
     pub state: String,
     pub created_at: String,
     pub signs_from: String,
+    /// `null` while the key has not been retired.
+    #[oai(nullable)]
     pub retired_at: Option<String>,
 }
 

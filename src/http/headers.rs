@@ -76,6 +76,12 @@ impl HeaderPolicy {
             };
             headers.insert("content-security-policy", HeaderValue::from_static(csp));
         }
+        // Profiles, users and shown-once client secrets are never cached.
+        if (path.starts_with("/accounts") || path.starts_with("/admin"))
+            && !headers.contains_key("cache-control")
+        {
+            headers.insert("cache-control", HeaderValue::from_static("no-store"));
+        }
         if self.hsts {
             headers.insert(
                 "strict-transport-security",

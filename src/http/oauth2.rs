@@ -106,7 +106,7 @@ impl poem_openapi::types::Example for TokenBody {
             token_type: "Bearer".into(),
             expires_in: 900,
             scope: "openid profile email".into(),
-            refresh_token: Some("ghr_2YotnFZFEjr1zCsicMWpAA2YotnFZFEjr1zCsicMWp".into()),
+            refresh_token: Some("gatehouse_rt_2YotnFZFEjr1zCsicMWpAA2YotnFZFEjr1zCsicMWp".into()),
             id_token: None,
         }
     }
@@ -227,11 +227,28 @@ fn form_decode(text: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
+/// Whether the request carried `Authorization: Basic …` at all, parsable or not.
+fn basic_attempted(req: &poem::Request) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .split(' ')
+                .next()
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic"))
+        })
+}
+
 fn client_credentials(
+    req: &poem::Request,
     auth: ClientAuth,
     client_id: Option<String>,
     client_secret: Option<String>,
 ) -> Result<ClientCredentials, Error> {
+    // RFC 6749 §3.2: a parameter sent without a value is treated as omitted.
+    let client_id = client_id.filter(|v| !v.is_empty());
+    let client_secret = client_secret.filter(|v| !v.is_empty());
     let basic = match auth {
         ClientAuth::ClientBasic(ClientBasic(b)) => {
             let id = form_decode(&b.username)
@@ -239,6 +256,10 @@ fn client_credentials(
             let secret = form_decode(&b.password)
                 .ok_or_else(|| Error::invalid_client(crate::error::Challenge::Basic))?;
             Some((id, SecretString::from(secret)))
+        }
+        // A Basic header poem could not decode is still a failed Basic attempt.
+        ClientAuth::InBody if basic_attempted(req) => {
+            return Err(Error::invalid_client(crate::error::Challenge::Basic));
         }
         ClientAuth::InBody => None,
     };
@@ -308,13 +329,14 @@ impl OAuth2Api {
     )]
     async fn token(
         &self,
+        req: &poem::Request,
         Data(state): Data<&AppState>,
         auth: ClientAuth,
         form: Form<TokenForm>,
     ) -> Result<TokenResponse, OAuthErrorResponse> {
         let now = crate::now();
         let Form(mut form) = form;
-        let creds = client_credentials(auth, form.client_id.take(), form.client_secret.take())?;
+        let creds = client_credentials(req, auth, form.client_id.take(), form.client_secret.take())?;
         let request = parse_token_request(&mut form);
         let client = oauth::authenticate_client(state, creds).await?;
         let grant = oauth::exchange(state, &client, request?, now).await?;
@@ -342,13 +364,14 @@ impl OAuth2Api {
     )]
     async fn revoke(
         &self,
+        req: &poem::Request,
         Data(state): Data<&AppState>,
         auth: ClientAuth,
         form: Form<TokenForm2>,
     ) -> Result<RevokeResponse, OAuthErrorResponse> {
         let now = crate::now();
         let Form(form) = form;
-        let creds = client_credentials(auth, form.client_id, form.client_secret)?;
+        let creds = client_credentials(req, auth, form.client_id, form.client_secret)?;
         let client = oauth::authenticate_client(state, creds).await?;
         if form.token.len() <= MAX_FIELD && !has_nul(&form.token) {
             oauth::revoke(state, &client, &form.token, now).await?;
@@ -366,13 +389,14 @@ impl OAuth2Api {
     )]
     async fn introspect(
         &self,
+        req: &poem::Request,
         Data(state): Data<&AppState>,
         auth: ClientAuth,
         form: Form<TokenForm2>,
     ) -> Result<IntrospectResponse, OAuthErrorResponse> {
         let now = crate::now();
         let Form(form) = form;
-        let creds = client_credentials(auth, form.client_id, form.client_secret)?;
+        let creds = client_credentials(req, auth, form.client_id, form.client_secret)?;
         let client = oauth::authenticate_client(state, creds).await?;
         let found = if form.token.len() <= MAX_FIELD && !has_nul(&form.token) {
             oauth::introspect(state, &client, &form.token, now).await?
@@ -452,5 +476,123 @@ mod tests {
     fn basic_credentials_are_form_decoded() {
         assert_eq!(form_decode("a%2Bb+c").as_deref(), Some("a+b c"));
         assert_eq!(form_decode("%FF"), None);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use crate::domain::Scope;
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use proptest::prelude::*;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn code_of(e: &Error) -> Option<OAuthCode> {
+        match e {
+            Error::OAuth { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn field() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            "[a-zA-Z0-9@.+ -]{1,40}".prop_map(Some),
+            "\\PC{0,40}".prop_map(Some),
+            any::<String>().prop_map(Some),
+            "[a-z]{0,8}\\x00[a-z]{0,8}".prop_map(Some),
+            "x{4090,4100}".prop_map(Some),
+        ]
+    }
+
+    fn plain(v: &Option<String>) -> bool {
+        v.as_deref()
+            .is_some_and(|v| !v.is_empty() && v.len() <= MAX_FIELD && !v.contains('\0'))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn basic_credentials_decode_what_a_client_form_encodes(text in any::<String>(), plus in any::<bool>()) {
+            let encoded = utf8_percent_encode(&text, NON_ALPHANUMERIC).to_string();
+            let encoded = if plus { encoded.replace("%20", "+") } else { encoded };
+            prop_assert_eq!(form_decode(&encoded), Some(text));
+        }
+
+        #[test]
+        fn form_decoding_never_panics(text in prop_oneof![any::<String>(), "[%0-9A-Fa-f+]{0,40}"]) {
+            if let Some(decoded) = form_decode(&text) {
+                prop_assert!(decoded.len() <= text.len());
+            }
+        }
+
+        #[test]
+        fn token_requests_parse_into_exactly_one_grant_or_an_rfc_6749_error(
+            grant_type in prop_oneof![
+                Just("password".to_owned()),
+                Just("refresh_token".to_owned()),
+                Just("client_credentials".to_owned()),
+                Just("authorization_code".to_owned()),
+                "\\PC{0,20}",
+            ],
+            username in field(),
+            password in field(),
+            refresh_token in field(),
+            scope in prop_oneof![
+                Just(None),
+                Just(Some(String::new())),
+                Just(Some("openid email".to_owned())),
+                "[\\x21-\\x7E ]{0,30}".prop_map(Some),
+                any::<String>().prop_map(Some),
+            ],
+        ) {
+            let mut form = TokenForm {
+                grant_type: grant_type.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                refresh_token: refresh_token.clone(),
+                scope: scope.clone(),
+                client_id: None,
+                client_secret: None,
+            };
+            let scope_ok = scope.as_deref().is_none_or(|s| !s.contains('\0') && Scope::parse(s).is_ok());
+            match parse_token_request(&mut form) {
+                Ok(TokenRequest::Password { username: u, password: p, scope: s }) => {
+                    prop_assert_eq!(grant_type.as_str(), "password");
+                    prop_assert!(plain(&username) && plain(&password) && scope_ok);
+                    prop_assert_eq!(Some(u), username);
+                    prop_assert_eq!(Some(p.expose_secret().to_owned()), password);
+                    prop_assert_eq!(s.is_none(), scope.as_deref().is_none_or(|t| t.trim_matches(' ').is_empty()));
+                }
+                Ok(TokenRequest::RefreshToken { refresh_token: r, .. }) => {
+                    prop_assert_eq!(grant_type.as_str(), "refresh_token");
+                    prop_assert!(plain(&refresh_token) && scope_ok);
+                    prop_assert_eq!(Some(r.expose_secret().to_owned()), refresh_token);
+                }
+                Ok(TokenRequest::ClientCredentials { .. }) => {
+                    prop_assert_eq!(grant_type.as_str(), "client_credentials");
+                    prop_assert!(scope_ok);
+                }
+                Err(e) => {
+                    let code = code_of(&e);
+                    if GrantType::parse(&grant_type).is_none() {
+                        prop_assert_eq!(code, Some(OAuthCode::UnsupportedGrantType));
+                    } else if !scope_ok {
+                        prop_assert!(matches!(code, Some(OAuthCode::InvalidScope | OAuthCode::InvalidRequest)));
+                    } else {
+                        prop_assert_eq!(code, Some(OAuthCode::InvalidRequest));
+                        let fields_ok = match grant_type.as_str() {
+                            "password" => plain(&username) && plain(&password),
+                            "refresh_token" => plain(&refresh_token),
+                            _ => true,
+                        };
+                        prop_assert!(!fields_ok);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,9 @@
-//! Health and readiness.
+//! Health, readiness and metrics.
+
+use std::time::Duration;
 
 use poem::web::Data;
+use poem::{Response, handler};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
@@ -61,4 +64,28 @@ impl OpsApi {
             }))
         }
     }
+}
+
+/// How long a scrape waits for the mail queue count before leaving it out.
+const SCRAPE_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
+///
+/// Unauthenticated, like `/health` and `/ready`: it holds counts only, never
+/// an identifier or a secret. Expose it to the scraper's network, not the
+/// internet (e.g. block it at the reverse proxy). Not in the OpenAPI document:
+/// it is for operators' tooling, not API clients.
+#[handler]
+pub async fn metrics(Data(state): Data<&AppState>) -> Response {
+    let depth = tokio::time::timeout(
+        SCRAPE_DB_TIMEOUT,
+        crate::store::mail::count_queued_mail(state.db.pool(), crate::now()),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    Response::builder()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .header("cache-control", "no-store")
+        .body(state.metrics.render(depth))
 }

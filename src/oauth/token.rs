@@ -8,6 +8,7 @@ use crate::domain::{GrantType, Scope};
 use crate::error::{Error, OAuthCode};
 use crate::password::Verdict;
 use crate::store::client::Client;
+use crate::store::login_attempt::{LoginGate, begin_login_attempt, clear_login_attempts};
 use crate::store::session::{
     NewSession, consume_refresh_token, find_refresh_token, insert_refresh_token, insert_session,
     revoke_session,
@@ -49,17 +50,28 @@ pub async fn exchange(
     request: TokenRequest,
     now: i64,
 ) -> Result<TokenGrant, Error> {
-    match request {
+    let (grant, result) = match request {
         TokenRequest::Password {
             username,
             password,
             scope,
-        } => password_grant(state, client, &username, password, scope, now).await,
-        TokenRequest::RefreshToken { refresh_token, scope } => {
-            refresh_grant(state, client, refresh_token, scope, now).await
-        }
-        TokenRequest::ClientCredentials { scope } => client_credentials_grant(state, client, scope, now),
+        } => (
+            GrantType::Password,
+            password_grant(state, client, &username, password, scope, now).await,
+        ),
+        TokenRequest::RefreshToken { refresh_token, scope } => (
+            GrantType::RefreshToken,
+            refresh_grant(state, client, refresh_token, scope, now).await,
+        ),
+        TokenRequest::ClientCredentials { scope } => (
+            GrantType::ClientCredentials,
+            client_credentials_grant(state, client, scope, now),
+        ),
+    };
+    if result.is_ok() {
+        state.metrics.token_issued(grant);
     }
+    result
 }
 
 fn require_grant(client: &Client, grant: GrantType) -> Result<(), Error> {
@@ -105,6 +117,12 @@ async fn password_grant(
     require_grant(client, GrantType::Password)?;
     let scope = resolve_scope(client, true, scope)?;
     let lookup = crate::domain::normalise_username(username);
+    // SPEC §10: back-off per normalised username, account or not; the
+    // attempt counts as a failure until it succeeds.
+    let attempt = TokenDigest::of(&lookup);
+    let mut tx = state.db.begin_write().await?;
+    let gate = begin_login_attempt(tx.conn(), &attempt, now, state.settings.login_backoff_after).await?;
+    tx.commit().await?;
     let user = if lookup.len() <= 254 {
         find_user_by_email(state.db.pool(), &lookup).await?
     } else {
@@ -112,19 +130,40 @@ async fn password_grant(
     };
     // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
     let password = crate::domain::normalise_password(password.expose_secret());
-    // Unknown users verify a dummy hash: every refusal costs one argon2 run.
+    // Unknown users verify a dummy hash and backed-off ones verify all the
+    // same: every refusal costs one argon2 run.
     let verdict = state
         .hasher
         .verify(password.clone(), user.as_ref().map(|u| u.password_hash.clone()))
         .await?;
     let user = match user {
-        Some(user) if verdict != Verdict::Wrong && user.is_active() => user,
+        Some(user) if gate.is_open() && verdict != Verdict::Wrong && user.is_active() => user,
         _ => {
-            tracing::warn!(event = "login_failed", "password grant refused");
+            tracing::warn!(
+                event = "login_failed",
+                backed_off = !gate.is_open(),
+                "password grant refused"
+            );
+            state.metrics.login_failed();
+            if let LoginGate::Open { failures, backoff } = gate
+                && backoff > 0
+            {
+                tracing::warn!(
+                    event = "account_locked",
+                    failures,
+                    backoff_seconds = backoff,
+                    "login back-off started"
+                );
+            }
+            // The same answer as a wrong password: no hint that the account exists.
             return Err(Error::invalid_grant());
         }
     };
     if state.settings.require_verified_email && user.email_verified_at.is_none() {
+        // The password was right: the count starts again.
+        let mut tx = state.db.begin_write().await?;
+        clear_login_attempts(tx.conn(), &attempt).await?;
+        tx.commit().await?;
         return Err(Error::oauth_with(OAuthCode::InvalidGrant, "email not verified"));
     }
     if verdict == Verdict::RightNeedsRehash {
@@ -152,6 +191,7 @@ async fn password_grant(
     let session_expires = now + state.settings.session_max_age;
     let scope_text = scope.to_string();
     let mut tx = state.db.begin_write().await?;
+    clear_login_attempts(tx.conn(), &attempt).await?;
     insert_session(
         tx.conn(),
         &NewSession {
@@ -200,6 +240,7 @@ async fn refresh_grant(
         revoke_session(tx.conn(), &row.session_id, now).await?;
         tx.commit().await?;
         tracing::warn!(event = "refresh_reuse_detected", sid = %row.session_id, "used refresh token presented again");
+        state.metrics.refresh_reuse_detected();
         return Err(Error::invalid_grant());
     }
     if !row.is_live(now) {
@@ -226,6 +267,7 @@ async fn refresh_grant(
         revoke_session(tx.conn(), &row.session_id, now).await?;
         tx.commit().await?;
         tracing::warn!(event = "refresh_reuse_detected", sid = %row.session_id, "concurrent refresh of one token");
+        state.metrics.refresh_reuse_detected();
         return Err(Error::invalid_grant());
     }
     let next = OpaqueToken::generate(TokenKind::RefreshToken);

@@ -84,3 +84,24 @@ pub async fn expire_account_tokens<'e>(
     .context("expire account tokens")?;
     Ok(())
 }
+
+/// The user of a live token, without using it.
+#[tracing::instrument(skip_all)]
+pub async fn find_live_account_token<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    digest: &TokenDigest,
+    purpose: Purpose,
+    now: i64,
+) -> anyhow::Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "select user_id from account_token where digest = $1 and purpose = $2 \
+         and used_at is null and expires_at > $3",
+    )
+    .bind(digest.as_bytes().to_vec())
+    .bind(purpose.as_str())
+    .bind(now)
+    .fetch_optional(ex)
+    .await
+    .context("select account token")?;
+    Ok(row.map(|(id,)| id))
+}

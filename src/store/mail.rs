@@ -181,3 +181,16 @@ pub async fn purge_expired_mail(
         .context("delete old mail")?;
     Ok(cleared)
 }
+
+/// Messages still to be sent: unsent, with their bodies, link not yet expired.
+#[tracing::instrument(skip_all)]
+pub async fn count_queued_mail<'e>(ex: impl Executor<'e, Database = Any>, now: i64) -> anyhow::Result<i64> {
+    let (count,): (i64,) = sqlx::query_as(
+        "select count(*) from mail_message where sent_at is null and body_text is not null and expires_at > $1",
+    )
+    .bind(now)
+    .fetch_one(ex)
+    .await
+    .context("count queued mail")?;
+    Ok(count)
+}

@@ -151,3 +151,306 @@ pub fn verify_access_token(
         .map(|data| data.claims)
         .map_err(|_| Rejection::Claims)
 }
+
+#[cfg(test)]
+mod proptests {
+    //! `verify_access_token` against arbitrary text and against forged,
+    //! tampered and mis-claimed tokens: it never panics, and it accepts
+    //! exactly what our own key signed as a live access token for us.
+
+    use std::sync::{Arc, LazyLock};
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::keys::{KeyRing, bootstrap, read_key_dir};
+    use crate::store::Db;
+
+    const ISSUER: &str = "https://id.example";
+    const AUDIENCE: &str = "https://api.example";
+
+    struct Fixture {
+        keys: Arc<KeySet>,
+        signer: SigningKey,
+        attacker: SigningKey,
+    }
+
+    /// One key set with one published key, built the way a server builds it.
+    static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let db = Db::connect(&format!("sqlite://{}", dir.path().join("keys.db").display()))
+                .await
+                .unwrap();
+            db.migrate().await.unwrap();
+            let keys_dir = dir.path().join("keys");
+            bootstrap(&db, &keys_dir, crate::now()).await.unwrap();
+            let ring = KeyRing::new(keys_dir.clone(), 900);
+            ring.reload(&db, crate::now()).await.unwrap();
+            db.close().await;
+            Fixture {
+                keys: ring.current(),
+                signer: read_key_dir(&keys_dir).unwrap().pop().unwrap(),
+                attacker: SigningKey::generate().unwrap().0,
+            }
+        })
+    });
+
+    fn verify(token: &str) -> Result<AccessClaims, Rejection> {
+        verify_access_token(token, &FIXTURE.keys, ISSUER, &[AUDIENCE.to_owned()])
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Signature {
+        OurKey,
+        AttackerKey,
+        /// HS256 keyed with our public key, as a confused verifier would check it.
+        HmacWithOurPublicKey,
+        Random,
+        Empty,
+    }
+
+    fn forge(header: &Value, claims: &Value, signature: Signature, noise: &[u8]) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(header).unwrap()),
+            b64(&serde_json::to_vec(claims).unwrap())
+        );
+        let sig = match signature {
+            Signature::OurKey => FIXTURE.signer.sign(input.as_bytes()).unwrap(),
+            Signature::AttackerKey => FIXTURE.attacker.sign(input.as_bytes()).unwrap(),
+            Signature::HmacWithOurPublicKey => {
+                let secret = serde_json::to_vec(&FIXTURE.signer.jwk).unwrap();
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
+                aws_lc_rs::hmac::sign(&key, input.as_bytes()).as_ref().to_vec()
+            }
+            Signature::Random => noise.to_vec(),
+            Signature::Empty => Vec::new(),
+        };
+        format!("{input}.{}", b64(&sig))
+    }
+
+    fn good_header() -> Value {
+        json!({"alg": "RS256", "typ": "at+jwt", "kid": FIXTURE.signer.kid})
+    }
+
+    fn good_claims(now: i64) -> Value {
+        json!({
+            "iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "client_id": "client-1",
+            "scope": "openid", "exp": now + 600, "iat": now, "jti": "j-1", "sid": "s-1",
+        })
+    }
+
+    fn garbage() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "\\PC{0,300}",
+            "[A-Za-z0-9_.=+/-]{0,600}",
+            (
+                prop::collection::vec(any::<u8>(), 0..200),
+                prop::collection::vec(any::<u8>(), 0..400),
+                prop::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(h, c, s)| format!("{}.{}.{}", b64(&h), b64(&c), b64(&s))),
+            ("\\PC{0,60}", "\\PC{0,60}").prop_map(|(h, c)| format!(
+                "{}.{}.",
+                b64(h.as_bytes()),
+                b64(c.as_bytes())
+            )),
+        ]
+    }
+
+    const ALGS: [&str; 11] = [
+        "RS256", "none", "None", "HS256", "HS512", "RS384", "PS256", "ES256", "EdDSA", "rs256", "",
+    ];
+    const TYPS: [Option<&str>; 7] = [
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+        Some("AT+JWT"),
+        Some("JWT"),
+        Some("jwt"),
+        Some(""),
+        None,
+    ];
+    const EXTRA: [Option<&str>; 6] = [
+        None,
+        Some("jku"),
+        Some("x5u"),
+        Some("jwk"),
+        Some("x5c"),
+        Some("crit"),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_text_is_never_accepted(text in garbage()) {
+            prop_assert!(verify(&text).is_err());
+        }
+
+        #[test]
+        fn only_rs256_at_jwt_with_our_kid_and_our_signature_passes(
+            // Weighted towards the good value, so that both answers are common.
+            alg in prop_oneof![1 => Just(0usize), 1 => 0..ALGS.len()],
+            typ in prop_oneof![1 => Just(0usize), 1 => 0..TYPS.len()],
+            kid in prop_oneof![
+                5 => Just(Some("ours".to_owned())),
+                1 => Just(None),
+                1 => Just(Some("attacker".to_owned())),
+                1 => Just(Some("../../../../dev/null".to_owned())),
+                1 => Just(Some("' or 1=1--".to_owned())),
+                1 => "\\PC{0,40}".prop_map(Some),
+            ],
+            extra in prop_oneof![1 => Just(0usize), 1 => 0..EXTRA.len()],
+            signature in prop_oneof![
+                4 => Just(Signature::OurKey),
+                1 => Just(Signature::AttackerKey),
+                1 => Just(Signature::HmacWithOurPublicKey),
+                1 => Just(Signature::Random),
+                1 => Just(Signature::Empty),
+            ],
+            noise in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let now = crate::now();
+            let mut header = json!({"alg": ALGS[alg]});
+            if let Some(typ) = TYPS[typ] {
+                header["typ"] = json!(typ);
+            }
+            let kid = match kid.as_deref() {
+                Some("ours") => Some(FIXTURE.signer.kid.clone()),
+                Some("attacker") => Some(FIXTURE.attacker.kid.clone()),
+                other => other.map(str::to_owned),
+            };
+            if let Some(kid) = &kid {
+                header["kid"] = json!(kid);
+            }
+            match EXTRA[extra] {
+                Some("jku") => header["jku"] = json!("https://attacker.example/jwks.json"),
+                Some("x5u") => header["x5u"] = json!("https://attacker.example/cert.pem"),
+                Some("jwk") => header["jwk"] = serde_json::to_value(&FIXTURE.attacker.jwk).unwrap(),
+                Some("x5c") => header["x5c"] = json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]),
+                Some(_) => header["crit"] = json!(["exp"]),
+                None => {}
+            }
+            let token = forge(&header, &good_claims(now), signature, &noise);
+            let typ_ok = TYPS[typ].is_some_and(|t| {
+                t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+            });
+            let should_pass = ALGS[alg] == "RS256"
+                && typ_ok
+                && kid.as_deref() == Some(FIXTURE.signer.kid.as_str())
+                && EXTRA[extra].is_none()
+                && signature == Signature::OurKey;
+            let got = verify(&token);
+            prop_assert_eq!(got.is_ok(), should_pass, "{} -> {:?}", header, got.err());
+        }
+
+        #[test]
+        fn claims_are_accepted_only_when_ours_and_live(
+            iss in prop_oneof![
+                4 => Just(Some(ISSUER.to_owned())),
+                1 => Just(Some(format!("{ISSUER}/"))),
+                1 => Just(Some("https://evil.example".to_owned())),
+                1 => Just(Some(String::new())),
+                1 => Just(None),
+            ],
+            aud in prop_oneof![
+                3 => Just(Some(json!(AUDIENCE))),
+                1 => Just(Some(json!(["https://other.example", AUDIENCE]))),
+                1 => Just(Some(json!(["https://other.example"]))),
+                1 => Just(Some(json!("https://other.example"))),
+                1 => Just(Some(json!([]))),
+                1 => Just(Some(json!(ISSUER))),
+                1 => Just(None),
+            ],
+            exp in prop_oneof![1 => Just(Some(-86_400i64)), 1 => Just(Some(-2)), 3 => Just(Some(60)), 3 => Just(Some(86_400)), 1 => Just(None)],
+            nbf in prop_oneof![4 => Just(None), 1 => Just(Some(-10i64)), 1 => Just(Some(60)), 1 => Just(Some(86_400))],
+            dropped in prop_oneof![
+                6 => Just(None),
+                1 => Just(Some("sub")),
+                1 => Just(Some("iat")),
+                1 => Just(Some("client_id")),
+                1 => Just(Some("scope")),
+                1 => Just(Some("jti")),
+            ],
+        ) {
+            let now = crate::now();
+            let mut claims = good_claims(now);
+            let object = claims.as_object_mut().unwrap();
+            match &iss {
+                Some(iss) => { object.insert("iss".into(), json!(iss)); }
+                None => { object.remove("iss"); }
+            }
+            match &aud {
+                Some(aud) => { object.insert("aud".into(), aud.clone()); }
+                None => { object.remove("aud"); }
+            }
+            match exp {
+                Some(offset) => { object.insert("exp".into(), json!(now + offset)); }
+                None => { object.remove("exp"); }
+            }
+            if let Some(offset) = nbf {
+                object.insert("nbf".into(), json!(now + offset));
+            }
+            if let Some(name) = dropped {
+                object.remove(name);
+            }
+            let token = forge(&good_header(), &claims, Signature::OurKey, &[]);
+            let aud_ok = match &aud {
+                Some(Value::String(a)) => a == AUDIENCE,
+                Some(Value::Array(list)) => list.iter().any(|a| a == AUDIENCE),
+                _ => false,
+            };
+            let should_pass = iss.as_deref() == Some(ISSUER)
+                && aud_ok
+                && exp.is_some_and(|e| e > 0)
+                && nbf.is_none_or(|n| n <= 0)
+                && dropped.is_none();
+            let got = verify(&token);
+            prop_assert_eq!(got.is_ok(), should_pass, "{} -> {:?}", claims, got.err());
+        }
+
+        #[test]
+        fn any_one_character_changed_in_a_good_token_is_refused(
+            at in any::<prop::sample::Index>(),
+            with in prop_oneof![
+                prop::sample::select(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".chars().collect::<Vec<_>>()
+                ),
+                Just('.'), Just('='), Just('+'), Just('/'), Just(' '), any::<char>(),
+            ],
+        ) {
+            let token = forge(&good_header(), &good_claims(crate::now()), Signature::OurKey, &[]);
+            prop_assert!(verify(&token).is_ok(), "the unchanged token passes");
+            let mut chars: Vec<char> = token.chars().collect();
+            let i = at.index(chars.len());
+            prop_assume!(chars[i] != with);
+            chars[i] = with;
+            let changed: String = chars.into_iter().collect();
+            prop_assert!(verify(&changed).is_err(), "position {} changed to {:?}", i, with);
+        }
+
+        #[test]
+        fn tokens_longer_than_8_kib_are_refused_unread(padding in 0usize..9000) {
+            let mut claims = good_claims(crate::now());
+            claims["pad"] = json!("x".repeat(padding));
+            let token = forge(&good_header(), &claims, Signature::OurKey, &[]);
+            let got = verify(&token);
+            if token.len() > 8192 {
+                prop_assert_eq!(got.err(), Some(Rejection::Malformed));
+            } else {
+                prop_assert!(got.is_ok());
+            }
+        }
+    }
+}

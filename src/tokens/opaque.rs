@@ -24,10 +24,10 @@ pub enum TokenKind {
 impl TokenKind {
     pub fn prefix(self) -> &'static str {
         match self {
-            TokenKind::RefreshToken => "ghr_",
-            TokenKind::ClientSecret => "ghs_",
-            TokenKind::VerifyEmail => "ghv_",
-            TokenKind::PasswordReset => "ghp_",
+            TokenKind::RefreshToken => "gatehouse_rt_",
+            TokenKind::ClientSecret => "gatehouse_cs_",
+            TokenKind::VerifyEmail => "gatehouse_ev_",
+            TokenKind::PasswordReset => "gatehouse_pr_",
         }
     }
 }
@@ -38,9 +38,11 @@ pub struct OpaqueToken(SecretString);
 impl OpaqueToken {
     pub fn generate(kind: TokenKind) -> OpaqueToken {
         let mut bytes = [0u8; 32];
-        // SystemRandom only fails when the OS has no entropy source at all.
+        // The OS random source fails only when there is none at all. Going on
+        // would hand out predictable secrets; stopping the process is safer.
         if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-            tracing::error!("the operating system's random source failed");
+            tracing::error!("the operating system's random source failed; stopping");
+            std::process::abort();
         }
         OpaqueToken(SecretString::from(format!(
             "{}{}",
@@ -103,7 +105,7 @@ mod tests {
     #[test]
     fn tokens_carry_their_prefix_and_256_bits() {
         let t = OpaqueToken::generate(TokenKind::RefreshToken);
-        let body = t.expose().strip_prefix("ghr_").unwrap();
+        let body = t.expose().strip_prefix("gatehouse_rt_").unwrap();
         assert_eq!(URL_SAFE_NO_PAD.decode(body).unwrap().len(), 32);
         assert_ne!(
             t.expose(),
@@ -115,8 +117,55 @@ mod tests {
     fn digests_match_only_their_secret() {
         let t = OpaqueToken::generate(TokenKind::ClientSecret);
         assert!(t.digest().matches(&TokenDigest::of(t.expose())));
-        assert!(!t.digest().matches(&TokenDigest::of("ghs_other")));
+        assert!(!t.digest().matches(&TokenDigest::of("gatehouse_cs_other")));
         assert_eq!(format!("{:?}", t.digest()), "TokenDigest(..)");
         assert_eq!(format!("{t:?}"), "OpaqueToken(..)");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_digest_is_sha256_and_matches_only_its_own_secret(a in any::<String>(), b in any::<String>()) {
+            let da = TokenDigest::of(&a);
+            prop_assert!(da.matches(&TokenDigest::of(&a)));
+            prop_assert_eq!(da.as_bytes().len(), 32);
+            prop_assert_eq!(da.matches(&TokenDigest::of(&b)), a == b);
+            let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, a.as_bytes());
+            prop_assert_eq!(da.as_bytes(), sha.as_ref());
+            prop_assert_eq!(format!("{da:?}"), "TokenDigest(..)");
+        }
+
+        #[test]
+        fn only_32_stored_bytes_make_a_digest(bytes in prop::collection::vec(any::<u8>(), 0..70)) {
+            match TokenDigest::from_stored(&bytes) {
+                Some(d) => {
+                    prop_assert_eq!(bytes.len(), 32);
+                    prop_assert_eq!(d.as_bytes(), &bytes[..]);
+                }
+                None => prop_assert_ne!(bytes.len(), 32),
+            }
+        }
+
+        #[test]
+        fn made_secrets_carry_their_prefix_and_digest_as_typed(
+            kind in prop_oneof![
+                Just(TokenKind::RefreshToken),
+                Just(TokenKind::ClientSecret),
+                Just(TokenKind::VerifyEmail),
+                Just(TokenKind::PasswordReset),
+            ],
+        ) {
+            let t = OpaqueToken::generate(kind);
+            let body = t.expose().strip_prefix(kind.prefix()).unwrap();
+            prop_assert_eq!(URL_SAFE_NO_PAD.decode(body).unwrap().len(), 32);
+            prop_assert!(t.digest().matches(&TokenDigest::of(t.expose())));
+            prop_assert!(TokenDigest::from_stored(t.digest().as_bytes()).unwrap().matches(&t.digest()));
+        }
     }
 }

@@ -51,7 +51,7 @@ async fn register_verify_then_log_in() {
         .link(&format!("{}/verify-email?token=", app.base))
         .expect("a verification link");
     let token = mail.token("/verify-email").unwrap();
-    assert!(token.starts_with("ghv_"));
+    assert!(token.starts_with("gatehouse_ev_"));
 
     // The page the link opens works without JavaScript: a form to post.
     let page = app.http.get(&link).send().await.unwrap();
@@ -188,7 +188,7 @@ async fn password_reset_sets_a_new_password_and_ends_every_session() {
         .await
         .token("/reset-password")
         .unwrap();
-    assert!(token.starts_with("ghp_"));
+    assert!(token.starts_with("gatehouse_pr_"));
 
     let weak = post_json(
         &app,
@@ -534,4 +534,67 @@ async fn registration_while_smtp_is_down_answers_at_once_and_mails_once_it_is_ba
             .status(),
         204
     );
+}
+
+#[tokio::test]
+async fn a_password_change_lists_every_bad_field_and_kills_older_reset_links() {
+    let (app, sink) = with_sink().await;
+    let (_, login) = signed_in(&app, "ada@example.com").await;
+    let at = login["access_token"].as_str().unwrap();
+    post_json(
+        &app,
+        "/accounts/password-reset",
+        json!({"email": "ada@example.com"}),
+    )
+    .await;
+    let reset = sink
+        .last_mail_to("ada@example.com", WAIT)
+        .await
+        .token("/reset-password")
+        .unwrap();
+
+    let resp = app
+        .http
+        .post(app.url("/accounts/me/password"))
+        .bearer_auth(at)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["current_password", "new_password"]);
+
+    let resp = app
+        .http
+        .post(app.url("/accounts/me/password"))
+        .bearer_auth(at)
+        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let late = post_json(
+        &app,
+        "/accounts/password-reset/confirm",
+        json!({"token": reset, "new_password": "yet another passphrase"}),
+    )
+    .await;
+    assert_eq!(late.status(), 400, "the older reset link no longer works");
+
+    let me = app
+        .http
+        .get(app.url("/accounts/me"))
+        .bearer_auth(at)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.headers()["cache-control"], "no-store");
 }

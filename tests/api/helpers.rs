@@ -79,15 +79,12 @@ impl TestApp {
     }
 
     async fn start(mut config: Config, dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {
-        // Bind first so the issuer can name the real port.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = probe.local_addr().expect("addr").port();
-        drop(probe);
-        config.listen = format!("127.0.0.1:{port}");
+        // Port 0: the server binds first, and the issuer names the real port.
+        config.listen = "127.0.0.1:0".into();
         TestApp::start_at(config, dir).await
     }
 
-    async fn start_at(config: Config, dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {
+    async fn start_at(mut config: Config, dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {
         let settings = config.settings().expect("valid test settings");
         let app = Application::build(settings).await.expect("application builds");
         let port = app.port();
@@ -95,6 +92,7 @@ impl TestApp {
             .issuer
             .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+        config.listen = format!("127.0.0.1:{port}");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
@@ -104,7 +102,6 @@ impl TestApp {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
-        let mut config = config;
         config.issuer = Some(base.clone());
         TestApp {
             base,

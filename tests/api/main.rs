@@ -9,12 +9,16 @@ mod helpers;
 
 mod accounts;
 mod admin;
+mod attacks;
 mod cli;
 mod discovery;
 mod errors;
+mod fuzz;
 mod interop;
 mod keys;
+mod limits;
 mod mail;
+mod ops;
 mod passwords;
 mod smtp_sink;
 mod token;
