@@ -85,6 +85,7 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
     let policy = Arc::new(HeaderPolicy {
         cors_origins: state.settings.cors_origins.clone(),
         hsts: state.issuer.starts_with("https://"),
+        request_timeout: Duration::from_secs(state.settings.request_timeout.unsigned_abs()),
     });
     Route::new()
         .at(
@@ -111,9 +112,6 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
         .boxed()
 }
 
-/// How long one request may take before it is answered 503.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Outermost layer: every failure gets its standard shape, every answer a
 /// request id and the security headers.
 async fn respond(
@@ -137,7 +135,7 @@ async fn respond(
     let mut resp = match policy.preflight(&req) {
         Some(resp) => resp,
         // Reading the body counts against the deadline too (slow uploads).
-        None => match tokio::time::timeout(REQUEST_TIMEOUT, async {
+        None => match tokio::time::timeout(policy.request_timeout, async {
             match limit_body(req).await {
                 Ok(req) => ep.call(req).instrument(span).await,
                 Err(status) => Err(poem::Error::from_status(status)),

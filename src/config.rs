@@ -134,6 +134,9 @@ pub struct Config {
     /// `max-age` of the JWKS in seconds; a rotated key signs only after this delay.
     #[arg(long, env = "GATEHOUSE_JWKS_MAX_AGE", default_value = "300", global = true)]
     pub jwks_max_age: String,
+    /// Seconds a request may take, body upload included, before a 503.
+    #[arg(long, env = "GATEHOUSE_REQUEST_TIMEOUT", default_value = "30", global = true)]
+    pub request_timeout: String,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -227,6 +230,7 @@ pub struct Settings {
     pub cookie_domain: Option<String>,
     pub cookie_samesite: SameSite,
     pub jwks_max_age: i64,
+    pub request_timeout: i64,
 }
 
 fn seconds(variable: &'static str, value: &str) -> Result<i64, ConfigError> {
@@ -412,6 +416,7 @@ impl Config {
             cookie_domain: self.cookie_domain.clone().filter(|d| !d.trim().is_empty()),
             cookie_samesite,
             jwks_max_age: seconds("GATEHOUSE_JWKS_MAX_AGE", &self.jwks_max_age)?,
+            request_timeout: seconds("GATEHOUSE_REQUEST_TIMEOUT", &self.request_timeout)?,
         })
     }
 
@@ -442,6 +447,7 @@ impl Config {
             cookie_domain: None,
             cookie_samesite: "lax".into(),
             jwks_max_age: "300".into(),
+            request_timeout: "30".into(),
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct HeaderPolicy {
     pub cors_origins: Vec<String>,
     /// Send HSTS: the issuer is https.
     pub hsts: bool,
+    /// How long one request may take, body upload included, before a 503.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Swagger UI runs inline script and style; that is allowed on `/docs` only.

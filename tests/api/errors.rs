@@ -240,3 +240,29 @@ async fn an_https_issuer_gets_hsts() {
             .starts_with("max-age=")
     );
 }
+
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_gets_503_not_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(|c| c.request_timeout = "1".into()).await;
+
+    // A slow upload: the headers promise a body that never fully arrives.
+    let mut tcp = tokio::net::TcpStream::connect(&app.config.listen).await.unwrap();
+    tcp.write_all(
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+          Content-Length: 100\r\nConnection: close\r\n\r\ngrant_type=",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered promptly"
+    );
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("temporarily_unavailable"), "{answer}");
+}
