@@ -103,8 +103,15 @@ impl Db {
             ),
             Backend::Postgres => None,
         };
-        let pool = match backend {
-            Backend::Sqlite => {
+        let pool = match (backend, &ping_options) {
+            (Backend::Sqlite, Some(rw_options)) => {
+                // Create the file once, here; the pool opens it read-write
+                // without create, so a database file that disappears while
+                // running is an error, never a fresh empty database.
+                let created = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options)
+                    .await
+                    .context("creating the SQLite database")?;
+                sqlx::Connection::close(created).await.context("creating the SQLite database")?;
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .min_connections(1)
@@ -119,10 +126,10 @@ impl Db {
                             Ok(())
                         })
                     })
-                    .connect_with(options)
+                    .connect_with(rw_options.clone())
                     .await
             }
-            Backend::Postgres => {
+            _ => {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
