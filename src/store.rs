@@ -111,7 +111,9 @@ impl Db {
                 let created = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options)
                     .await
                     .context("creating the SQLite database")?;
-                sqlx::Connection::close(created).await.context("creating the SQLite database")?;
+                sqlx::Connection::close(created)
+                    .await
+                    .context("creating the SQLite database")?;
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .min_connections(1)
