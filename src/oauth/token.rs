@@ -192,7 +192,7 @@ async fn password_grant(
     let scope_text = scope.to_string();
     let mut tx = state.db.begin_write().await?;
     clear_login_attempts(tx.conn(), &attempt).await?;
-    insert_session(
+    let started = insert_session(
         tx.conn(),
         &NewSession {
             id: &sid,
@@ -204,6 +204,10 @@ async fn password_grant(
         },
     )
     .await?;
+    if !started {
+        // Deleted while the password was being checked.
+        return Err(Error::invalid_grant());
+    }
     if let Some(token) = &refresh {
         let expires = (now + state.settings.refresh_token_ttl).min(session_expires);
         insert_refresh_token(tx.conn(), &token.digest(), &sid, now, expires).await?;

@@ -24,8 +24,6 @@ pub const FIRST_BACKOFF: i64 = 2;
 pub const MAX_BACKOFF: i64 = 15 * 60;
 /// A count untouched this long starts again from zero.
 pub const FORGET_AFTER: i64 = 24 * 3600;
-/// Rows pruned at most per attempt.
-const PRUNE_BATCH: i64 = 100;
 
 /// What a starting attempt may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +96,6 @@ pub async fn begin_login_attempt(
     .execute(&mut *conn)
     .await
     .context("count login attempt")?;
-    delete_stale_login_attempts(&mut *conn, now).await?;
     Ok(LoginGate::Open { failures, backoff })
 }
 
@@ -114,27 +111,6 @@ pub async fn clear_login_attempts<'e>(
         .await
         .context("clear login attempts")?;
     Ok(())
-}
-
-/// Drops a batch of counts that are forgotten anyway, so that guessing at
-/// made-up usernames does not grow the table without end.
-#[tracing::instrument(skip_all)]
-pub async fn delete_stale_login_attempts<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    now: i64,
-) -> anyhow::Result<u64> {
-    let done = sqlx::query(
-        "delete from login_attempt where username_digest in \
-         (select username_digest from login_attempt \
-          where last_attempt_at < $1 and blocked_until <= $2 limit $3)",
-    )
-    .bind(now - FORGET_AFTER)
-    .bind(now)
-    .bind(PRUNE_BATCH)
-    .execute(ex)
-    .await
-    .context("delete stale login attempts")?;
-    Ok(done.rows_affected())
 }
 
 #[cfg(test)]

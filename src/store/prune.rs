@@ -10,7 +10,7 @@ use super::Db;
 pub const BATCH: i64 = 500;
 
 /// Each pruning statement deletes at most `$2` rows matching it at `$1`.
-const STATEMENTS: [(&str, &str); 4] = [
+const STATEMENTS: [(&str, &str); 5] = [
     (
         "login sessions",
         // Revoked logins are kept a day for the record; deleting a login
@@ -27,6 +27,13 @@ const STATEMENTS: [(&str, &str); 4] = [
         "account tokens",
         "delete from account_token where digest in (select digest from account_token \
          where used_at is not null or expires_at <= $1 limit $2)",
+    ),
+    (
+        // Counts forgotten anyway (login_attempt::FORGET_AFTER, a day), so
+        // guessing made-up usernames does not grow the table without end.
+        "login attempts",
+        "delete from login_attempt where username_digest in (select username_digest from login_attempt \
+         where last_attempt_at <= $1 - 86400 and blocked_until <= $1 limit $2)",
     ),
     (
         "revoked access tokens",

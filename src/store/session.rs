@@ -40,11 +40,12 @@ impl RefreshRow {
     }
 }
 
+/// Starts a login; false if its user or client no longer exists.
 #[tracing::instrument(skip_all)]
 pub async fn insert_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     s: &NewSession<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     sqlx::query(
         "insert into login_session (id, user_id, client_id, scope, auth_time, expires_at) \
          values ($1, $2, $3, $4, $5, $6)",
@@ -57,8 +58,13 @@ pub async fn insert_session<'e>(
     .bind(s.expires_at)
     .execute(ex)
     .await
-    .context("insert session")?;
-    Ok(())
+    .map(|_| true)
+    .or_else(|e| match e.as_database_error() {
+        // The user or client was deleted meanwhile.
+        Some(db) if db.is_foreign_key_violation() => Ok(false),
+        _ => Err(e),
+    })
+    .context("insert session")
 }
 
 #[tracing::instrument(skip_all)]

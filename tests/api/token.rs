@@ -658,6 +658,22 @@ async fn dead_rows_are_pruned_and_live_ones_kept() {
             .status(),
         200
     );
+
+    // A failed login's count is forgotten a day later and pruned.
+    let form = [
+        ("grant_type", "password"),
+        ("username", "nobody@example.com"),
+        ("password", "wrong"),
+    ];
+    assert_eq!(app.token(&client, &form).await.status(), 400);
+    assert_eq!(count("login_attempt").await, 1);
+    assert_eq!(
+        gatehouse::store::prune::prune(&db, now + 2 * 86_400)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(count("login_attempt").await, 0);
     db.close().await;
 }
 
