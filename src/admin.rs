@@ -4,7 +4,7 @@
 use poem::http::StatusCode;
 
 use crate::config::Settings;
-use crate::domain::{GrantType, Role, Scope};
+use crate::domain::{GrantType, RedirectUri, Role, Scope};
 use crate::error::{Error, FieldProblem};
 use crate::keys::{KeyState, RELOAD_SLACK, generate_and_store, key_states};
 use crate::store::Db;
@@ -21,6 +21,9 @@ pub struct ClientSpec {
     pub grants: Option<Vec<String>>,
     pub scopes: Option<Vec<String>>,
     pub public: bool,
+    pub redirect_uris: Option<Vec<String>>,
+    pub post_logout_redirect_uris: Option<Vec<String>>,
+    pub first_party: Option<bool>,
 }
 
 fn parse_name(name: &str, problems: &mut Vec<FieldProblem>) -> String {
@@ -51,7 +54,7 @@ fn parse_grants(grants: &[String], problems: &mut Vec<FieldProblem>) -> Vec<Gran
             None => problems.push(FieldProblem::new(
                 "grant_types",
                 "unknown_grant",
-                format!("{g:?}: expected password, refresh_token or client_credentials"),
+                format!("{g:?}: expected password, refresh_token, client_credentials or authorization_code"),
             )),
         }
     }
@@ -73,12 +76,40 @@ fn parse_scopes(scopes: &[String], problems: &mut Vec<FieldProblem>) -> Scope {
     })
 }
 
-fn check_public_grants(public: bool, grants: &[GrantType], problems: &mut Vec<FieldProblem>) {
-    if public && grants.contains(&GrantType::ClientCredentials) {
+fn parse_uris(field: &'static str, uris: &[String], problems: &mut Vec<FieldProblem>) -> Vec<RedirectUri> {
+    let mut parsed: Vec<RedirectUri> = Vec::new();
+    if uris.len() > 20 {
+        problems.push(FieldProblem::new(field, "too_many", "at most 20 URIs"));
+    }
+    for uri in uris {
+        match RedirectUri::parse(uri) {
+            Ok(uri) if !parsed.contains(&uri) => parsed.push(uri),
+            Ok(_) => {}
+            Err(e) => problems.push(FieldProblem::new(
+                field,
+                "invalid_uri",
+                format!("{:?}: {e}", uri.chars().take(100).collect::<String>()),
+            )),
+        }
+    }
+    parsed
+}
+
+/// Rules between fields: client_credentials needs a secret, and the
+/// authorization code grant needs somewhere to send codes.
+fn check_consistency(client: &Client, problems: &mut Vec<FieldProblem>) {
+    if client.is_public() && client.has_grant(GrantType::ClientCredentials) {
         problems.push(FieldProblem::new(
             "grant_types",
             "public_client_credentials",
             "client_credentials needs a confidential client (RFC 6749 §4.4)",
+        ));
+    }
+    if client.has_grant(GrantType::AuthorizationCode) && client.redirect_uris.is_empty() {
+        problems.push(FieldProblem::new(
+            "redirect_uris",
+            "required",
+            "the authorization_code grant needs at least one redirect URI",
         ));
     }
 }
@@ -99,10 +130,16 @@ pub async fn create_client(
     };
     let grants = parse_grants(spec.grants.as_deref().unwrap_or_default(), &mut problems);
     let scopes = parse_scopes(spec.scopes.as_deref().unwrap_or_default(), &mut problems);
-    check_public_grants(spec.public, &grants, &mut problems);
-    if !problems.is_empty() {
-        return Err(Error::validation(problems));
-    }
+    let redirect_uris = parse_uris(
+        "redirect_uris",
+        spec.redirect_uris.as_deref().unwrap_or_default(),
+        &mut problems,
+    );
+    let post_logout_redirect_uris = parse_uris(
+        "post_logout_redirect_uris",
+        spec.post_logout_redirect_uris.as_deref().unwrap_or_default(),
+        &mut problems,
+    );
     let secret = (!spec.public).then(|| OpaqueToken::generate(TokenKind::ClientSecret));
     let client = Client {
         id: uuid::Uuid::new_v4().to_string(),
@@ -111,7 +148,14 @@ pub async fn create_client(
         grants,
         scopes,
         created_at: now,
+        redirect_uris,
+        post_logout_redirect_uris,
+        first_party: spec.first_party.unwrap_or(false),
     };
+    check_consistency(&client, &mut problems);
+    if !problems.is_empty() {
+        return Err(Error::validation(problems));
+    }
     let mut tx = db.begin_write().await?;
     client::insert_client(tx.conn(), &client).await?;
     tx.commit().await?;
@@ -141,7 +185,16 @@ pub async fn update_client(db: &Db, id: &str, spec: ClientSpec) -> Result<Client
     if let Some(scopes) = &spec.scopes {
         current.scopes = parse_scopes(scopes, &mut problems);
     }
-    check_public_grants(current.is_public(), &current.grants, &mut problems);
+    if let Some(uris) = &spec.redirect_uris {
+        current.redirect_uris = parse_uris("redirect_uris", uris, &mut problems);
+    }
+    if let Some(uris) = &spec.post_logout_redirect_uris {
+        current.post_logout_redirect_uris = parse_uris("post_logout_redirect_uris", uris, &mut problems);
+    }
+    if let Some(first_party) = spec.first_party {
+        current.first_party = first_party;
+    }
+    check_consistency(&current, &mut problems);
     if !problems.is_empty() {
         return Err(Error::validation(problems));
     }

@@ -98,6 +98,18 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
                 .post(crate::http::pages::reset_password_submit),
         )
         .nest("/docs", api.swagger_ui())
+        .at(
+            "/login",
+            poem::get(crate::http::signin::login_page).post(crate::http::signin::login_submit),
+        )
+        .at(
+            "/consent",
+            poem::get(crate::http::signin::consent_page).post(crate::http::signin::consent_submit),
+        )
+        .at(
+            "/logout",
+            poem::get(crate::http::signin::logout_page).post(crate::http::signin::logout_submit),
+        )
         .at("/openapi.json", api.spec_endpoint())
         .at("/openapi.yaml", api.spec_endpoint_yaml())
         .at("/metrics", poem::get(crate::http::ops::metrics))

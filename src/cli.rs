@@ -55,7 +55,8 @@ pub enum ClientsCommand {
         /// A name for people.
         #[arg(long)]
         name: String,
-        /// A grant the client may use: password, refresh_token, client_credentials (repeatable).
+        /// A grant the client may use: password, refresh_token, client_credentials,
+        /// authorization_code (repeatable).
         #[arg(long = "grant", required = true)]
         grants: Vec<String>,
         /// A scope the client may ask for besides the OIDC ones (repeatable).
@@ -64,6 +65,15 @@ pub enum ClientsCommand {
         /// A public client: no secret (mobile apps, SPAs, CLIs).
         #[arg(long)]
         public: bool,
+        /// Where authorization codes may be sent, matched exactly (repeatable).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Where `/logout` may send the browser afterwards, matched exactly (repeatable).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// The operator's own app: no consent page; may use the `/session` cookie API.
+        #[arg(long)]
+        first_party: bool,
     },
     /// List clients.
     List,
@@ -227,6 +237,13 @@ fn client_json(client: &Client) -> Value {
         "public": client.is_public(),
         "grant_types": client.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
         "scopes": client.scopes.iter().collect::<Vec<_>>(),
+        "redirect_uris": client.redirect_uris.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        "post_logout_redirect_uris": client
+            .post_logout_redirect_uris
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+        "first_party": client.first_party,
         "created_at": crate::rfc3339(client.created_at),
     })
 }
@@ -243,12 +260,18 @@ async fn clients(db: &Db, cmd: ClientsCommand) -> anyhow::Result<Value> {
             grants,
             scopes,
             public,
+            redirect_uris,
+            post_logout_redirect_uris,
+            first_party,
         } => {
             let spec = ClientSpec {
                 name: Some(name),
                 grants: Some(grants),
                 scopes: Some(scopes),
                 public,
+                redirect_uris: Some(redirect_uris),
+                post_logout_redirect_uris: Some(post_logout_redirect_uris),
+                first_party: Some(first_party),
             };
             let (client, secret) = admin::create_client(db, spec, crate::now())
                 .await

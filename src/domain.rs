@@ -3,6 +3,7 @@
 mod email;
 mod grant;
 mod password;
+mod redirect_uri;
 mod role;
 mod scope;
 
@@ -11,5 +12,6 @@ pub use grant::GrantType;
 pub use password::{
     Password, PasswordError, normalise as normalise_password, preload as preload_common_passwords,
 };
+pub use redirect_uri::{RedirectUri, RedirectUriError};
 pub use role::Role;
 pub use scope::Scope;

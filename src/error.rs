@@ -45,6 +45,19 @@ pub enum OAuthCode {
     /// RFC 6750 §3.1: "The request requires higher privileges than provided
     /// by the access token."
     InsufficientScope,
+    /// RFC 6749 §4.1.2.1: "The resource owner or authorization server denied the request."
+    AccessDenied,
+    /// RFC 6749 §4.1.2.1: "The authorization server does not support obtaining
+    /// an authorization code using this method."
+    UnsupportedResponseType,
+    /// OIDC Core §3.1.2.6: `prompt=none` but the user is not signed in.
+    LoginRequired,
+    /// OIDC Core §3.1.2.6: `prompt=none` but consent is needed.
+    ConsentRequired,
+    /// OIDC Core §3.1.2.6: the `request` parameter is not supported.
+    RequestNotSupported,
+    /// OIDC Core §3.1.2.6: the `request_uri` parameter is not supported.
+    RequestUriNotSupported,
 }
 
 impl OAuthCode {
@@ -60,6 +73,12 @@ impl OAuthCode {
             OAuthCode::ServerError => "server_error",
             OAuthCode::InvalidToken => "invalid_token",
             OAuthCode::InsufficientScope => "insufficient_scope",
+            OAuthCode::AccessDenied => "access_denied",
+            OAuthCode::UnsupportedResponseType => "unsupported_response_type",
+            OAuthCode::LoginRequired => "login_required",
+            OAuthCode::ConsentRequired => "consent_required",
+            OAuthCode::RequestNotSupported => "request_not_supported",
+            OAuthCode::RequestUriNotSupported => "request_uri_not_supported",
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod body;
+pub mod cookies;
 pub mod discovery;
 pub mod headers;
 pub mod limits;
@@ -11,6 +12,7 @@ pub mod oauth2;
 pub mod ops;
 pub mod pages;
 mod raw_json;
+pub mod signin;
 
 pub use raw_json::RawJson;
 

@@ -38,6 +38,9 @@ pub const UNMATCHED: &str = "unmatched";
 const PLAIN_ROUTES: &[&str] = &[
     "/verify-email",
     "/reset-password",
+    "/login",
+    "/consent",
+    "/logout",
     "/openapi.json",
     "/openapi.yaml",
     "/metrics",

@@ -2,16 +2,19 @@
 //! revocation, introspection and userinfo. Nothing here sees HTTP: the
 //! handlers in [`crate::http`] parse requests into these types.
 
+pub mod authorize;
 mod client_auth;
 mod introspect;
+mod login;
 mod revoke;
-mod token;
+pub(crate) mod token;
 mod userinfo;
 
 pub use client_auth::{ClientCredentials, SecretFailureBudget, authenticate_client};
 pub use introspect::{Introspection, introspect};
+pub use login::{LoginRefusal, LoginSuccess, verify_login};
 pub use revoke::revoke;
-pub use token::{TokenGrant, TokenRequest, exchange};
+pub use token::{TokenGrant, TokenRequest, cookie_session_login, exchange};
 pub use userinfo::{UserInfo, check_access_token, userinfo};
 
 use crate::domain::Scope;

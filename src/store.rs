@@ -8,6 +8,7 @@
 //! `busy_timeout` covers other processes such as the CLI.
 
 pub mod account_token;
+pub mod browser;
 pub mod client;
 pub mod key;
 pub mod login_attempt;

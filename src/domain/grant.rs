@@ -10,13 +10,16 @@ pub enum GrantType {
     RefreshToken,
     /// RFC 6749 §4.4.
     ClientCredentials,
+    /// RFC 6749 §4.1, with PKCE (RFC 7636): browser sign-in (SPEC §11).
+    AuthorizationCode,
 }
 
 impl GrantType {
-    pub const ALL: [GrantType; 3] = [
+    pub const ALL: [GrantType; 4] = [
         GrantType::Password,
         GrantType::RefreshToken,
         GrantType::ClientCredentials,
+        GrantType::AuthorizationCode,
     ];
 
     pub fn parse(text: &str) -> Option<GrantType> {
@@ -28,12 +31,16 @@ impl GrantType {
             GrantType::Password => "password",
             GrantType::RefreshToken => "refresh_token",
             GrantType::ClientCredentials => "client_credentials",
+            GrantType::AuthorizationCode => "authorization_code",
         }
     }
 
     /// Grants through which a client acts for a user.
     pub fn acts_for_users(self) -> bool {
-        matches!(self, GrantType::Password | GrantType::RefreshToken)
+        matches!(
+            self,
+            GrantType::Password | GrantType::RefreshToken | GrantType::AuthorizationCode
+        )
     }
 }
 

@@ -66,6 +66,12 @@ pub struct ClientBody {
     pub public: bool,
     pub grant_types: Vec<String>,
     pub scopes: Vec<String>,
+    /// Where authorization codes may be sent (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Where `/logout` may send the browser afterwards (exact match).
+    pub post_logout_redirect_uris: Vec<String>,
+    /// No consent page; may use the `/session` cookie API.
+    pub first_party: bool,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// Shown once: on creation and on rotation; absent otherwise.
@@ -81,6 +87,13 @@ impl ClientBody {
             public: c.is_public(),
             grant_types: c.grants.iter().map(|g| g.as_str().to_owned()).collect(),
             scopes: c.scopes.iter().map(str::to_owned).collect(),
+            redirect_uris: c.redirect_uris.iter().map(|u| u.as_str().to_owned()).collect(),
+            post_logout_redirect_uris: c
+                .post_logout_redirect_uris
+                .iter()
+                .map(|u| u.as_str().to_owned())
+                .collect(),
+            first_party: c.first_party,
             created_at: crate::rfc3339(c.created_at),
             client_secret: secret,
         }
@@ -91,19 +104,29 @@ impl ClientBody {
 pub struct NewClientBody {
     /// Required.
     pub name: Option<String>,
-    /// Required: `password`, `refresh_token`, `client_credentials`.
+    /// Required: `password`, `refresh_token`, `client_credentials`, `authorization_code`.
     pub grant_types: Option<Vec<String>>,
     /// Scopes the client may ask for besides the OIDC ones.
     pub scopes: Option<Vec<String>>,
     /// A public client has no secret. Default false.
     pub public: Option<bool>,
+    /// Where authorization codes may be sent; required with `authorization_code`.
+    pub redirect_uris: Option<Vec<String>>,
+    /// Where `/logout` may send the browser afterwards.
+    pub post_logout_redirect_uris: Option<Vec<String>>,
+    /// No consent page; may use the `/session` cookie API. Default false.
+    pub first_party: Option<bool>,
 }
 
+/// What is given replaces what was; what is absent stays.
 #[derive(Debug, Object)]
 pub struct ClientPatch {
     pub name: Option<String>,
     pub grant_types: Option<Vec<String>>,
     pub scopes: Option<Vec<String>>,
+    pub redirect_uris: Option<Vec<String>>,
+    pub post_logout_redirect_uris: Option<Vec<String>>,
+    pub first_party: Option<bool>,
 }
 
 #[derive(Debug, Object)]
@@ -332,6 +355,9 @@ impl AdminApi {
             grants: body.grant_types,
             scopes: body.scopes,
             public: body.public.unwrap_or(false),
+            redirect_uris: body.redirect_uris,
+            post_logout_redirect_uris: body.post_logout_redirect_uris,
+            first_party: body.first_party,
         };
         let (client, secret) = admin::create_client(&state.db, spec, crate::now()).await?;
         Ok(ClientResponse::Created(Json(ClientBody::new(
@@ -353,7 +379,7 @@ impl AdminApi {
         Ok(ClientResponse::Ok(Json(ClientBody::new(&client, None))))
     }
 
-    /// Change a client's name, grants or scopes.
+    /// Change a client's name, grants, scopes, URIs or first-party flag.
     #[oai(path = "/clients/:id", method = "patch", operation_id = "admin_update_client")]
     async fn update_client(
         &self,
@@ -369,6 +395,9 @@ impl AdminApi {
             grants: body.grant_types,
             scopes: body.scopes,
             public: false,
+            redirect_uris: body.redirect_uris,
+            post_logout_redirect_uris: body.post_logout_redirect_uris,
+            first_party: body.first_party,
         };
         let client = admin::update_client(&state.db, &id.0, spec).await?;
         Ok(ClientResponse::Ok(Json(ClientBody::new(&client, None))))

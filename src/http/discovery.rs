@@ -14,15 +14,23 @@ pub struct DiscoveryApi;
 #[oai(example)]
 pub struct ProviderMetadata {
     pub issuer: String,
+    pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub jwks_uri: String,
     pub userinfo_endpoint: String,
     pub revocation_endpoint: String,
     pub introspection_endpoint: String,
+    /// OIDC RP-Initiated Logout 1.0 §2.1.
+    pub end_session_endpoint: String,
     pub service_documentation: String,
     pub grant_types_supported: Vec<String>,
-    /// No authorization endpoint yet, so no response type is offered.
     pub response_types_supported: Vec<String>,
+    pub response_modes_supported: Vec<String>,
+    /// RFC 7636: S256 only.
+    pub code_challenge_methods_supported: Vec<String>,
+    /// RFC 9207: `iss` is in every authorization response.
+    pub authorization_response_iss_parameter_supported: bool,
+    pub prompt_values_supported: Vec<String>,
     pub subject_types_supported: Vec<String>,
     pub id_token_signing_alg_values_supported: Vec<String>,
     pub token_endpoint_auth_methods_supported: Vec<String>,
@@ -37,14 +45,25 @@ impl ProviderMetadata {
         let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         ProviderMetadata {
             issuer: issuer.to_owned(),
+            authorization_endpoint: format!("{issuer}/oauth2/authorize"),
             token_endpoint: format!("{issuer}/oauth2/token"),
             jwks_uri: format!("{issuer}/.well-known/jwks.json"),
             userinfo_endpoint: format!("{issuer}/oauth2/userinfo"),
             revocation_endpoint: format!("{issuer}/oauth2/revoke"),
             introspection_endpoint: format!("{issuer}/oauth2/introspect"),
+            end_session_endpoint: format!("{issuer}/logout"),
             service_documentation: format!("{issuer}/docs"),
-            grant_types_supported: strings(&["password", "refresh_token", "client_credentials"]),
-            response_types_supported: Vec::new(),
+            grant_types_supported: strings(&[
+                "authorization_code",
+                "password",
+                "refresh_token",
+                "client_credentials",
+            ]),
+            response_types_supported: strings(&["code"]),
+            response_modes_supported: strings(&["query"]),
+            code_challenge_methods_supported: strings(&["S256"]),
+            authorization_response_iss_parameter_supported: true,
+            prompt_values_supported: strings(&["none", "login", "consent"]),
             subject_types_supported: strings(&["public"]),
             id_token_signing_alg_values_supported: strings(&["RS256"]),
             token_endpoint_auth_methods_supported: strings(&[
@@ -69,6 +88,7 @@ impl ProviderMetadata {
                 "exp",
                 "iat",
                 "auth_time",
+                "nonce",
                 "sid",
                 "email",
                 "email_verified",

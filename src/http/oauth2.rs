@@ -3,12 +3,15 @@
 
 use poem::web::Data;
 use poem_openapi::auth::{Basic, Bearer};
-use poem_openapi::payload::{Form, Json};
+use poem_openapi::param::Query;
+use poem_openapi::payload::{Form, Html, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::ApiTag;
+use super::pages::{message_html, page_csp};
+use super::signin::AuthorizeAnswer;
 use crate::app::AppState;
 use crate::domain::GrantType;
 use crate::error::{BearerErrorResponse, Error, OAuthCode, OAuthErrorResponse};
@@ -43,11 +46,19 @@ pub enum BearerAuth {
     Missing,
 }
 
-/// RFC 6749 §4.3.2, §4.4.2 and §6 token request.
+/// RFC 6749 §4.1.3, §4.3.2, §4.4.2 and §6 token request.
 #[derive(Debug, Object, Deserialize)]
 pub struct TokenForm {
-    /// `password`, `refresh_token` or `client_credentials`.
+    /// `password`, `refresh_token`, `client_credentials` or `authorization_code`.
     pub grant_type: String,
+    /// The authorization code (authorization_code grant).
+    #[oai(write_only)]
+    pub code: Option<String>,
+    /// The redirect_uri of the authorization request, when it named one.
+    pub redirect_uri: Option<String>,
+    /// The PKCE verifier (RFC 7636 §4.5).
+    #[oai(write_only)]
+    pub code_verifier: Option<String>,
     /// The user's e-mail address (password grant).
     pub username: Option<String>,
     /// The user's password (password grant).
@@ -121,6 +132,29 @@ pub enum TokenResponse {
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Pragma")] String,
     ),
+}
+
+#[derive(ApiResponse)]
+pub enum AuthorizeResponse {
+    /// To the hosted login or consent page; or back to the redirect URI with
+    /// `code`, `state` and `iss` (RFC 9207), or with `error`,
+    /// `error_description`, `state` and `iss` (RFC 6749 §4.1.2.1).
+    #[oai(status = 302)]
+    Found(
+        #[oai(header = "Location")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+    /// The client or the redirect URI cannot be trusted: an HTML page says
+    /// why, and the browser is not redirected.
+    #[oai(status = 400)]
+    Refused(
+        Html<String>,
+        #[oai(header = "Content-Security-Policy")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+    /// Something went wrong on our side: an HTML page.
+    #[oai(status = 500)]
+    Broken(Html<String>, #[oai(header = "Cache-Control")] String),
 }
 
 #[derive(ApiResponse)]
@@ -287,11 +321,20 @@ fn required(value: Option<String>, name: &'static str) -> Result<String, Error> 
 }
 
 /// Strings stop here: the form becomes one [`TokenRequest`] variant.
+/// An optional parameter: empty means absent (RFC 6749 §3.2).
+fn optional(value: Option<String>, name: &'static str) -> Result<Option<String>, Error> {
+    match value {
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => required(Some(v), name).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn parse_token_request(form: &mut TokenForm) -> Result<TokenRequest, Error> {
     let grant = GrantType::parse(&form.grant_type).ok_or_else(|| {
         Error::oauth_with(
             OAuthCode::UnsupportedGrantType,
-            "grant_type must be password, refresh_token or client_credentials",
+            "grant_type must be password, refresh_token, client_credentials or authorization_code",
         )
     })?;
     if form.scope.as_deref().is_some_and(has_nul) {
@@ -309,6 +352,11 @@ fn parse_token_request(form: &mut TokenForm) -> Result<TokenRequest, Error> {
             scope,
         },
         GrantType::ClientCredentials => TokenRequest::ClientCredentials { scope },
+        GrantType::AuthorizationCode => TokenRequest::AuthorizationCode {
+            code: SecretString::from(required(form.code.take(), "code")?),
+            redirect_uri: optional(form.redirect_uri.take(), "redirect_uri")?,
+            code_verifier: optional(form.code_verifier.take(), "code_verifier")?.map(SecretString::from),
+        },
     })
 }
 
@@ -318,6 +366,78 @@ fn no_store() -> String {
 
 #[OpenApi]
 impl OAuth2Api {
+    /// Authorization endpoint (RFC 6749 §4.1.1, RFC 7636, OIDC Core §3.1.2.1):
+    /// a browser is sent here. `response_type=code` only; `redirect_uri` must
+    /// be registered for the client; PKCE with S256 is required for public
+    /// clients. Parameters may not repeat.
+    #[oai(
+        path = "/oauth2/authorize",
+        method = "get",
+        operation_id = "authorize",
+        tag = "ApiTag::OAuth2"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn authorize(
+        &self,
+        req: &poem::Request,
+        Data(app): Data<&AppState>,
+        /// `code`.
+        response_type: Query<Option<String>>,
+        client_id: Query<Option<String>>,
+        /// One of the client's registered redirect URIs, exactly.
+        redirect_uri: Query<Option<String>>,
+        /// Space-separated; the client's default when absent.
+        scope: Query<Option<String>>,
+        /// Returned unchanged with the code or the error.
+        state: Query<Option<String>>,
+        /// Put into the id_token.
+        nonce: Query<Option<String>>,
+        /// BASE64URL(SHA-256(code_verifier)), 43 characters.
+        code_challenge: Query<Option<String>>,
+        /// `S256`.
+        code_challenge_method: Query<Option<String>>,
+        /// `none`, `login` or `consent`.
+        prompt: Query<Option<String>>,
+        /// Seconds since the last sign-in beyond which the user signs in again.
+        max_age: Query<Option<String>>,
+        /// Pre-fills the e-mail field.
+        login_hint: Query<Option<String>>,
+        /// `query` only.
+        response_mode: Query<Option<String>>,
+    ) -> AuthorizeResponse {
+        // Read from the raw query string, which also catches repeated parameters.
+        let _ = (
+            response_type,
+            client_id,
+            redirect_uri,
+            scope,
+            state,
+            nonce,
+            code_challenge,
+            code_challenge_method,
+            prompt,
+            max_age,
+            login_hint,
+            response_mode,
+        );
+        match super::signin::authorize(app, req).await {
+            AuthorizeAnswer::Redirect(location) => AuthorizeResponse::Found(location, no_store()),
+            AuthorizeAnswer::Refused(text) => AuthorizeResponse::Refused(
+                Html(message_html("Sign-in request not valid", text, "error")),
+                page_csp(),
+                no_store(),
+            ),
+            AuthorizeAnswer::Broken => AuthorizeResponse::Broken(
+                Html(message_html(
+                    "Something went wrong",
+                    "Please try again later.",
+                    "error",
+                )),
+                no_store(),
+            ),
+        }
+    }
+
     /// Token endpoint (RFC 6749 §3.2): the `password`, `refresh_token` and
     /// `client_credentials` grants. The password grant is for first-party
     /// apps only (RFC 9700 §2.4). Every answer carries `Cache-Control: no-store`.
@@ -557,6 +677,9 @@ mod proptests {
                 scope: scope.clone(),
                 client_id: None,
                 client_secret: None,
+                code: refresh_token.clone(),
+                redirect_uri: None,
+                code_verifier: None,
             };
             let scope_ok = scope.as_deref().is_none_or(|s| !s.contains('\0') && Scope::parse(s).is_ok());
             match parse_token_request(&mut form) {
@@ -576,6 +699,11 @@ mod proptests {
                     prop_assert_eq!(grant_type.as_str(), "client_credentials");
                     prop_assert!(scope_ok);
                 }
+                Ok(TokenRequest::AuthorizationCode { code: c, .. }) => {
+                    prop_assert_eq!(grant_type.as_str(), "authorization_code");
+                    prop_assert!(plain(&refresh_token) && scope_ok);
+                    prop_assert_eq!(Some(c.expose_secret().to_owned()), refresh_token);
+                }
                 Err(e) => {
                     let code = code_of(&e);
                     if GrantType::parse(&grant_type).is_none() {
@@ -586,7 +714,7 @@ mod proptests {
                         prop_assert_eq!(code, Some(OAuthCode::InvalidRequest));
                         let fields_ok = match grant_type.as_str() {
                             "password" => plain(&username) && plain(&password),
-                            "refresh_token" => plain(&refresh_token),
+                            "refresh_token" | "authorization_code" => plain(&refresh_token),
                             _ => true,
                         };
                         prop_assert!(!fields_ok);

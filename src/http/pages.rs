@@ -1,6 +1,7 @@
 //! The small HTML pages that mail links open: `/verify-email` and
-//! `/reset-password`. Plain forms (they work with JavaScript off), no
-//! external assets, a strict CSP whose only allowance is the hash of the
+//! `/reset-password`, and the template the sign-in pages share
+//! ([`crate::http::signin`]). Plain forms (they work with JavaScript off),
+//! no external assets, a strict CSP whose only allowance is the hash of the
 //! inline stylesheet; the token travels only in our own form posts.
 
 use std::sync::LazyLock;
@@ -20,33 +21,76 @@ use crate::mail::templates::escape_html;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;\
 line-height:1.5;color:#1b1b1b}h1{font-size:1.4rem}label{display:block;margin:1rem 0 .25rem}\
 input{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box}button{margin-top:1rem;padding:.6rem 1.2rem;\
-font-size:1rem}.error{color:#a40000}.ok{color:#1d6b1d}";
+font-size:1rem}.error{color:#a40000}.ok{color:#1d6b1d}.secondary{background:none;border:1px solid #888}\
+ul.scopes{padding-left:1.2rem}.muted{color:#555;font-size:.9rem}";
 
 /// `Content-Security-Policy` of every page: nothing but our inline style.
-static CSP: LazyLock<String> = LazyLock::new(|| {
+static CSP: LazyLock<String> = LazyLock::new(|| csp(&[]));
+
+/// The policy, letting our forms' redirects end at `form_targets` too
+/// (browsers check `form-action` on every redirect a form post follows).
+fn csp(form_targets: &[String]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, STYLE.as_bytes());
+    let mut form_action = String::from("'self'");
+    for target in form_targets {
+        form_action.push(' ');
+        form_action.push_str(target);
+    }
     format!(
-        "default-src 'none'; style-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "default-src 'none'; style-src 'sha256-{}'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'",
         STANDARD.encode(digest.as_ref())
     )
-});
+}
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
+/// A whole page around `body` (already HTML).
+pub(crate) fn html(title: &str, body: &str) -> String {
+    format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title} · gatehouse</title><style>{STYLE}</style></head>\n<body><main>\n<h1>{title}</h1>\n{body}</main></body></html>\n",
         title = escape_html(title),
-    );
+    )
+}
+
+/// A page with one message paragraph, as HTML.
+pub(crate) fn message_html(title: &str, text: &str, class: &str) -> String {
+    html(
+        title,
+        &format!("<p class=\"{class}\">{}</p>\n", escape_html(text)),
+    )
+}
+
+/// The pages' `Content-Security-Policy`.
+pub(crate) fn page_csp() -> String {
+    CSP.clone()
+}
+
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    page_sending_to(status, title, body, &[])
+}
+
+/// [`page`] whose forms may end at `form_targets` (a client's origin).
+pub(crate) fn page_sending_to(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    form_targets: &[String],
+) -> Response {
+    let policy = if form_targets.is_empty() {
+        CSP.clone()
+    } else {
+        csp(form_targets)
+    };
+    let html = html(title, body);
     Response::builder()
         .status(status)
         .content_type("text/html; charset=utf-8")
-        .header("Content-Security-Policy", CSP.as_str())
+        .header("Content-Security-Policy", policy)
         .header("Cache-Control", "no-store")
         .body(html)
 }
 
-fn message(status: StatusCode, title: &str, text: &str, class: &str) -> Response {
+pub(crate) fn message(status: StatusCode, title: &str, text: &str, class: &str) -> Response {
     page(
         status,
         title,
@@ -55,7 +99,7 @@ fn message(status: StatusCode, title: &str, text: &str, class: &str) -> Response
 }
 
 /// A form post whose `Origin`, when present and not `null`, is not ours is refused.
-fn foreign_origin(state: &AppState, req: &Request) -> bool {
+pub(crate) fn foreign_origin(state: &AppState, req: &Request) -> bool {
     let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
         return false;
     };
@@ -70,7 +114,7 @@ fn foreign_origin(state: &AppState, req: &Request) -> bool {
     origin != ours
 }
 
-fn refused_origin() -> Response {
+pub(crate) fn refused_origin() -> Response {
     message(
         StatusCode::FORBIDDEN,
         "Not allowed",

@@ -2,18 +2,24 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use subtle::ConstantTimeEq;
+
 use super::OIDC_SCOPES;
+use super::login::{LoginRefusal, LoginSuccess, verify_login};
 use crate::app::AppState;
 use crate::domain::{GrantType, Scope};
 use crate::error::{Error, OAuthCode};
-use crate::password::Verdict;
+use crate::store::browser::{CodeRow, consume_code, find_code, find_live_browser_session, record_code_issue};
 use crate::store::client::Client;
-use crate::store::login_attempt::{LoginGate, begin_login_attempt, clear_login_attempts};
+use crate::store::login_attempt::clear_login_attempts;
+use crate::store::revocation::insert_revoked_access_token;
 use crate::store::session::{
     NewSession, consume_refresh_token, find_refresh_token, insert_refresh_token, insert_session,
     revoke_session,
 };
-use crate::store::user::{UserRow, find_user, find_user_by_email, update_user_password_hash};
+use crate::store::user::{UserRow, find_user};
 use crate::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, ID_TOKEN_TYP, IdClaims, encode};
 use crate::tokens::{OpaqueToken, TokenDigest, TokenKind};
 
@@ -32,6 +38,11 @@ pub enum TokenRequest {
     ClientCredentials {
         scope: Option<Scope>,
     },
+    AuthorizationCode {
+        code: SecretString,
+        redirect_uri: Option<String>,
+        code_verifier: Option<SecretString>,
+    },
 }
 
 /// What a successful grant hands out (RFC 6749 §5.1).
@@ -42,6 +53,8 @@ pub struct TokenGrant {
     pub scope: Scope,
     pub refresh_token: Option<OpaqueToken>,
     pub id_token: Option<String>,
+    /// The access token's `jti`, for revoking it later.
+    pub access_jti: String,
 }
 
 pub async fn exchange(
@@ -67,6 +80,14 @@ pub async fn exchange(
             GrantType::ClientCredentials,
             client_credentials_grant(state, client, scope, now),
         ),
+        TokenRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => (
+            GrantType::AuthorizationCode,
+            authorization_code_grant(state, client, code, redirect_uri, code_verifier, now).await,
+        ),
     };
     if result.is_ok() {
         state.metrics.token_issued(grant);
@@ -87,7 +108,11 @@ fn require_grant(client: &Client, grant: GrantType) -> Result<(), Error> {
 
 /// SPEC §10: clients acting for users may ask for the OIDC scopes and their
 /// own; others only their own. No `scope` means the client's default.
-fn resolve_scope(client: &Client, for_user: bool, requested: Option<Scope>) -> Result<Scope, Error> {
+pub(super) fn resolve_scope(
+    client: &Client,
+    for_user: bool,
+    requested: Option<Scope>,
+) -> Result<Scope, Error> {
     let allowed = if for_user {
         client.scopes.union(&Scope::from_tokens(OIDC_SCOPES))
     } else {
@@ -115,75 +140,48 @@ async fn password_grant(
     now: i64,
 ) -> Result<TokenGrant, Error> {
     require_grant(client, GrantType::Password)?;
-    let scope = resolve_scope(client, true, scope)?;
-    let lookup = crate::domain::normalise_username(username);
-    // SPEC §10: back-off per normalised username, account or not; the
-    // attempt counts as a failure until it succeeds.
-    let attempt = TokenDigest::of(&lookup);
-    let mut tx = state.db.begin_write().await?;
-    let gate = begin_login_attempt(tx.conn(), &attempt, now, state.settings.login_backoff_after).await?;
-    tx.commit().await?;
-    let user = if lookup.len() <= 254 {
-        find_user_by_email(state.db.pool(), &lookup).await?
-    } else {
-        None
-    };
-    // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
-    let password = crate::domain::normalise_password(password.expose_secret());
-    // Unknown users verify a dummy hash and backed-off ones verify all the
-    // same: every refusal costs one argon2 run.
-    let verdict = state
-        .hasher
-        .verify(password.clone(), user.as_ref().map(|u| u.password_hash.clone()))
-        .await?;
-    let user = match user {
-        Some(user) if gate.is_open() && verdict != Verdict::Wrong && user.is_active() => user,
-        _ => {
-            tracing::warn!(
-                event = "login_failed",
-                backed_off = !gate.is_open(),
-                "password grant refused"
-            );
-            state.metrics.login_failed();
-            if let LoginGate::Open { failures, backoff } = gate
-                && backoff > 0
-            {
-                tracing::warn!(
-                    event = "account_locked",
-                    failures,
-                    backoff_seconds = backoff,
-                    "login back-off started"
-                );
-            }
-            // The same answer as a wrong password: no hint that the account exists.
-            return Err(Error::invalid_grant());
-        }
-    };
-    if state.settings.require_verified_email && user.email_verified_at.is_none() {
-        // The password was right: the count starts again.
-        let mut tx = state.db.begin_write().await?;
-        clear_login_attempts(tx.conn(), &attempt).await?;
-        tx.commit().await?;
-        return Err(Error::oauth_with(OAuthCode::InvalidGrant, "email not verified"));
-    }
-    if verdict == Verdict::RightNeedsRehash {
-        // Best effort: a failure here must not fail the login.
-        match state.hasher.hash(password).await {
-            Ok(hash) => match state.db.begin_write().await {
-                Ok(mut tx) => {
-                    if update_user_password_hash(tx.conn(), &user.id, &hash)
-                        .await
-                        .is_ok()
-                    {
-                        let _ = tx.commit().await;
-                    }
-                }
-                Err(e) => tracing::warn!("password rehash skipped: {e:#}"),
-            },
-            Err(e) => tracing::warn!("password rehash failed: {e:#}"),
-        }
-    }
+    password_login(state, client, username, password, scope, now).await
+}
 
+/// `POST /session/login` (SPEC §11): a password login for a first-party web
+/// app whose tokens go into cookies. The client needs `--first-party` and
+/// the refresh_token grant, and no secret: the browser cannot keep one.
+pub async fn cookie_session_login(
+    state: &AppState,
+    client: &Client,
+    username: &str,
+    password: SecretString,
+    now: i64,
+) -> Result<TokenGrant, Error> {
+    if !client.first_party || !client.has_grant(GrantType::RefreshToken) {
+        return Err(Error::oauth_with(
+            OAuthCode::UnauthorizedClient,
+            "cookie sessions need a first-party client with the refresh_token grant",
+        ));
+    }
+    password_login(state, client, username, password, None, now).await
+}
+
+/// The password grant's work once the client may use it: check the
+/// password, start a login and its refresh chain, sign the tokens.
+async fn password_login(
+    state: &AppState,
+    client: &Client,
+    username: &str,
+    password: SecretString,
+    scope: Option<Scope>,
+    now: i64,
+) -> Result<TokenGrant, Error> {
+    let scope = resolve_scope(client, true, scope)?;
+    let LoginSuccess { user, attempt } = match verify_login(state, username, &password, now).await {
+        Ok(success) => success,
+        // The same answer as a wrong password: no hint that the account exists.
+        Err(LoginRefusal::Invalid) => return Err(Error::invalid_grant()),
+        Err(LoginRefusal::Unverified) => {
+            return Err(Error::oauth_with(OAuthCode::InvalidGrant, "email not verified"));
+        }
+        Err(LoginRefusal::Internal(e)) => return Err(e),
+    };
     let sid = uuid::Uuid::new_v4().to_string();
     let refresh = client
         .has_grant(GrantType::RefreshToken)
@@ -201,6 +199,7 @@ async fn password_grant(
             scope: &scope_text,
             auth_time: now,
             expires_at: session_expires,
+            browser_session_id: None,
         },
     )
     .await?;
@@ -213,8 +212,20 @@ async fn password_grant(
         insert_refresh_token(tx.conn(), &token.digest(), &sid, now, expires).await?;
     }
     tx.commit().await?;
-    tracing::info!(event = "login_succeeded", user_id = %user.id, "password grant");
-    issue_for_user(state, client, &user, &sid, scope, now, now, refresh)
+    tracing::info!(event = "login_succeeded", user_id = %user.id, "password login");
+    issue_for_user(
+        state,
+        client,
+        &user,
+        &Issue {
+            sid: &sid,
+            auth_time: now,
+            nonce: None,
+        },
+        scope,
+        now,
+        refresh,
+    )
 }
 
 #[tracing::instrument(skip_all, fields(client_id = %client.id))]
@@ -282,12 +293,166 @@ async fn refresh_grant(
         state,
         client,
         &user,
-        &row.session_id,
+        &Issue {
+            sid: row.sid(),
+            auth_time: row.auth_time,
+            nonce: None,
+        },
         scope,
-        row.auth_time,
         now,
         Some(next),
     )
+}
+
+/// RFC 6749 §4.1.3 with RFC 7636 §4.6: the code is used up by the first
+/// attempt, whatever its outcome; a second attempt revokes what the first
+/// issued (RFC 6749 §4.1.2, RFC 9700 §4.5).
+#[tracing::instrument(skip_all, fields(client_id = %client.id))]
+async fn authorization_code_grant(
+    state: &AppState,
+    client: &Client,
+    code: SecretString,
+    redirect_uri: Option<String>,
+    code_verifier: Option<SecretString>,
+    now: i64,
+) -> Result<TokenGrant, Error> {
+    require_grant(client, GrantType::AuthorizationCode)?;
+    let presented = code.expose_secret();
+    if !presented.starts_with(TokenKind::AuthorizationCode.prefix()) || presented.len() > 256 {
+        return Err(Error::invalid_grant());
+    }
+    let digest = TokenDigest::of(presented);
+    let mut tx = state.db.begin_write().await?;
+    let Some(row) = find_code(tx.conn(), &digest).await? else {
+        return Err(Error::invalid_grant());
+    };
+    if !consume_code(tx.conn(), &digest, now).await? {
+        // Replayed: whoever holds it now, what it issued must not stand.
+        if let Some(sid) = &row.login_session_id {
+            revoke_session(tx.conn(), sid, now).await?;
+        }
+        if let (Some(jti), Some(exp)) = (&row.access_jti, row.access_expires_at) {
+            insert_revoked_access_token(tx.conn(), jti, exp).await?;
+        }
+        tx.commit().await?;
+        tracing::warn!(event = "code_replay_detected", client_id = %row.client_id, "authorization code used again");
+        return Err(Error::oauth_with(
+            OAuthCode::InvalidGrant,
+            "the code was already used",
+        ));
+    }
+    // Used up from here on: a refusal below commits that too.
+    let refuse = |why: &'static str| {
+        tracing::warn!(event = "code_refused", reason = why, "authorization code refused");
+        Error::oauth_with(OAuthCode::InvalidGrant, why)
+    };
+    if let Err(why) = check_code(&row, client, redirect_uri.as_deref(), code_verifier.as_ref(), now) {
+        tx.commit().await?;
+        return Err(refuse(why));
+    }
+    let browser = find_live_browser_session(tx.conn(), &row.browser_session_id, now).await?;
+    let user = match &browser {
+        Some(b) => find_user(tx.conn(), &b.user_id).await?.filter(UserRow::is_active),
+        None => None,
+    };
+    let (Some(browser), Some(user)) = (browser, user) else {
+        tx.commit().await?;
+        return Err(refuse("the sign-in has ended"));
+    };
+    let scope = Scope::parse(&row.scope).map_err(|e| anyhow::anyhow!("stored scope: {e}"))?;
+    let chain = uuid::Uuid::new_v4().to_string();
+    let refresh = client
+        .has_grant(GrantType::RefreshToken)
+        .then(|| OpaqueToken::generate(TokenKind::RefreshToken));
+    let grant = issue_for_user(
+        state,
+        client,
+        &user,
+        &Issue {
+            sid: &browser.id,
+            auth_time: browser.auth_time,
+            nonce: row.nonce.as_deref(),
+        },
+        scope,
+        now,
+        refresh,
+    )?;
+    let started = insert_session(
+        tx.conn(),
+        &NewSession {
+            id: &chain,
+            user_id: &user.id,
+            client_id: &client.id,
+            scope: &row.scope,
+            auth_time: browser.auth_time,
+            expires_at: browser.expires_at,
+            browser_session_id: Some(&browser.id),
+        },
+    )
+    .await?;
+    if !started {
+        return Err(Error::invalid_grant());
+    }
+    if let Some(token) = &grant.refresh_token {
+        let expires = (now + state.settings.refresh_token_ttl).min(browser.expires_at);
+        insert_refresh_token(tx.conn(), &token.digest(), &chain, now, expires).await?;
+    }
+    record_code_issue(
+        tx.conn(),
+        &digest,
+        &chain,
+        &grant.access_jti,
+        now + grant.expires_in,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(event = "code_exchanged", user_id = %user.id, "authorization code exchanged");
+    Ok(grant)
+}
+
+/// The checks on a code that its lookup alone does not make.
+fn check_code(
+    row: &CodeRow,
+    client: &Client,
+    redirect_uri: Option<&str>,
+    code_verifier: Option<&SecretString>,
+    now: i64,
+) -> Result<(), &'static str> {
+    if row.client_id != client.id {
+        return Err("the code was issued to another client");
+    }
+    if now >= row.expires_at {
+        return Err("the code has expired");
+    }
+    // RFC 6749 §4.1.3: the same redirect_uri when the request named one.
+    match redirect_uri {
+        Some(given) if given != row.redirect_uri => return Err("redirect_uri does not match"),
+        None if row.redirect_uri_given != 0 => return Err("redirect_uri is missing"),
+        _ => {}
+    }
+    match (&row.code_challenge, code_verifier) {
+        (Some(challenge), Some(verifier)) if pkce_matches(challenge, verifier.expose_secret()) => Ok(()),
+        (Some(_), Some(_)) => Err("code_verifier does not match the code_challenge"),
+        (Some(_), None) => Err("code_verifier is missing"),
+        // RFC 9700 §2.1.1: a verifier without a challenge is a downgrade attempt.
+        (None, Some(_)) => Err("no code_challenge was sent for this code"),
+        (None, None) => Ok(()),
+    }
+}
+
+/// RFC 7636 §4.6: `BASE64URL(SHA256(verifier)) == challenge`, with the
+/// verifier 43–128 unreserved characters (§4.1).
+fn pkce_matches(challenge: &str, verifier: &str) -> bool {
+    let well_formed = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    if !well_formed {
+        return false;
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    let computed = URL_SAFE_NO_PAD.encode(digest.as_ref());
+    computed.as_bytes().ct_eq(challenge.as_bytes()).into()
 }
 
 #[tracing::instrument(skip_all, fields(client_id = %client.id))]
@@ -329,21 +494,32 @@ fn client_credentials_grant(
         scope,
         refresh_token: None,
         id_token: None,
+        access_jti: claims.jti,
     })
 }
 
+/// The login a user's tokens are issued under.
+struct Issue<'a> {
+    sid: &'a str,
+    auth_time: i64,
+    nonce: Option<&'a str>,
+}
+
 /// Signs the access token (and the id_token when `openid` was granted).
-#[allow(clippy::too_many_arguments)]
 fn issue_for_user(
     state: &AppState,
     client: &Client,
     user: &UserRow,
-    sid: &str,
+    issue: &Issue<'_>,
     scope: Scope,
-    auth_time: i64,
     now: i64,
     refresh_token: Option<OpaqueToken>,
 ) -> Result<TokenGrant, Error> {
+    let Issue {
+        sid,
+        auth_time,
+        nonce,
+    } = *issue;
     let ttl = state.settings.access_token_ttl;
     let keys = state.keys.current();
     let signer = keys
@@ -372,6 +548,7 @@ fn issue_for_user(
             exp: now + ttl,
             iat: now,
             auth_time,
+            nonce: nonce.map(str::to_owned),
             sid: Some(sid.to_owned()),
             email: email.then(|| user.email.clone()),
             email_verified: email.then_some(user.email_verified_at.is_some()),
@@ -391,6 +568,7 @@ fn issue_for_user(
         scope,
         refresh_token,
         id_token,
+        access_jti: claims.jti,
     })
 }
 
@@ -406,7 +584,24 @@ mod tests {
             grants: grants.to_vec(),
             scopes: Scope::parse(scopes).unwrap(),
             created_at: 0,
+            redirect_uris: Vec::new(),
+            post_logout_redirect_uris: Vec::new(),
+            first_party: false,
         }
+    }
+
+    #[test]
+    fn pkce_s256_matches_rfc_7636_appendix_b() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_matches(challenge, verifier));
+        assert!(!pkce_matches(
+            challenge,
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"
+        ));
+        assert!(!pkce_matches(challenge, challenge));
+        assert!(!pkce_matches(verifier, verifier));
+        assert!(!pkce_matches(challenge, "short"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub async fn check_access_token(
     }
     match &claims.sid {
         Some(sid) => {
-            if !session_is_live(state.db.pool(), sid, now).await? {
+            if !session_is_live(state.db.pool(), sid, &claims.client_id, now).await? {
                 return Err(Error::invalid_token());
             }
             match find_user(state.db.pool(), &claims.sub).await? {

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sqlx::{Any, Executor, FromRow};
 
-use crate::domain::{GrantType, Scope};
+use crate::domain::{GrantType, RedirectUri, Scope};
 use crate::tokens::TokenDigest;
 
 #[derive(Debug, FromRow)]
@@ -14,6 +14,9 @@ struct ClientRow {
     grant_types: String,
     scopes: String,
     created_at: i64,
+    redirect_uris: String,
+    post_logout_redirect_uris: String,
+    first_party: i64,
 }
 
 /// A registered client.
@@ -27,6 +30,12 @@ pub struct Client {
     /// The scopes it was created with (`--scope`).
     pub scopes: Scope,
     pub created_at: i64,
+    /// Where authorization responses may go (SPEC §11), exact.
+    pub redirect_uris: Vec<RedirectUri>,
+    /// Where `/logout` may send the browser afterwards.
+    pub post_logout_redirect_uris: Vec<RedirectUri>,
+    /// The operator's own app: no consent page, may use `/session/*`.
+    pub first_party: bool,
 }
 
 impl Client {
@@ -42,6 +51,29 @@ impl Client {
     pub fn acts_for_users(&self) -> bool {
         self.grants.iter().any(|g| g.acts_for_users())
     }
+
+    /// The registered redirect URI that `requested` names, if any.
+    pub fn redirect_uri(&self, requested: &str) -> Option<&RedirectUri> {
+        self.redirect_uris.iter().find(|r| r.matches(requested))
+    }
+
+    /// A registered post-logout redirect URI, matched exactly.
+    pub fn post_logout_redirect_uri(&self, requested: &str) -> Option<&RedirectUri> {
+        self.post_logout_redirect_uris
+            .iter()
+            .find(|r| r.as_str() == requested)
+    }
+}
+
+fn parse_uris(text: &str) -> anyhow::Result<Vec<RedirectUri>> {
+    text.split(' ')
+        .filter(|u| !u.is_empty())
+        .map(|u| RedirectUri::parse(u).map_err(|e| anyhow::anyhow!("stored redirect URI {u:?}: {e}")))
+        .collect()
+}
+
+fn join_uris(uris: &[RedirectUri]) -> String {
+    uris.iter().map(RedirectUri::as_str).collect::<Vec<_>>().join(" ")
 }
 
 impl TryFrom<ClientRow> for Client {
@@ -66,18 +98,22 @@ impl TryFrom<ClientRow> for Client {
             grants,
             scopes,
             created_at: row.created_at,
+            redirect_uris: parse_uris(&row.redirect_uris)?,
+            post_logout_redirect_uris: parse_uris(&row.post_logout_redirect_uris)?,
+            first_party: row.first_party != 0,
         })
     }
 }
 
-const COLUMNS: &str = "id, name, secret_digest, grant_types, scopes, created_at";
+const COLUMNS: &str = "id, name, secret_digest, grant_types, scopes, created_at, redirect_uris, \
+                       post_logout_redirect_uris, first_party";
 
 #[tracing::instrument(skip_all)]
 pub async fn insert_client<'e>(ex: impl Executor<'e, Database = Any>, client: &Client) -> anyhow::Result<()> {
     let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
     sqlx::query(
-        "insert into client (id, name, secret_digest, grant_types, scopes, created_at) \
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into client (id, name, secret_digest, grant_types, scopes, created_at, redirect_uris, \
+         post_logout_redirect_uris, first_party) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&client.id)
     .bind(&client.name)
@@ -85,6 +121,9 @@ pub async fn insert_client<'e>(ex: impl Executor<'e, Database = Any>, client: &C
     .bind(grants.join(" "))
     .bind(client.scopes.to_string())
     .bind(client.created_at)
+    .bind(join_uris(&client.redirect_uris))
+    .bind(join_uris(&client.post_logout_redirect_uris))
+    .bind(i64::from(client.first_party))
     .execute(ex)
     .await
     .context("insert client")?;
@@ -142,20 +181,26 @@ pub async fn update_client_secret<'e>(
     Ok(done.rows_affected() == 1)
 }
 
-/// Replaces a client's name, grants and scopes. False if absent.
+/// Replaces a client's name, grants, scopes, URIs and first-party flag. False if absent.
 #[tracing::instrument(skip_all)]
 pub async fn update_client<'e>(
     ex: impl Executor<'e, Database = Any>,
     client: &Client,
 ) -> anyhow::Result<bool> {
     let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
-    let done = sqlx::query("update client set name = $1, grant_types = $2, scopes = $3 where id = $4")
-        .bind(&client.name)
-        .bind(grants.join(" "))
-        .bind(client.scopes.to_string())
-        .bind(&client.id)
-        .execute(ex)
-        .await
-        .context("update client")?;
+    let done = sqlx::query(
+        "update client set name = $1, grant_types = $2, scopes = $3, redirect_uris = $4, \
+         post_logout_redirect_uris = $5, first_party = $6 where id = $7",
+    )
+    .bind(&client.name)
+    .bind(grants.join(" "))
+    .bind(client.scopes.to_string())
+    .bind(join_uris(&client.redirect_uris))
+    .bind(join_uris(&client.post_logout_redirect_uris))
+    .bind(i64::from(client.first_party))
+    .bind(&client.id)
+    .execute(ex)
+    .await
+    .context("update client")?;
     Ok(done.rows_affected() == 1)
 }

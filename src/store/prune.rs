@@ -10,7 +10,20 @@ use super::Db;
 pub const BATCH: i64 = 500;
 
 /// Each pruning statement deletes at most `$2` rows matching it at `$1`.
-const STATEMENTS: [(&str, &str); 5] = [
+const STATEMENTS: [(&str, &str); 7] = [
+    (
+        // Kept a day past expiry, so that a replayed code is recognised
+        // (and what it issued revoked) rather than merely unknown.
+        "authorization codes",
+        "delete from authorization_code where digest in (select digest from authorization_code \
+         where expires_at <= $1 - 86400 limit $2)",
+    ),
+    (
+        // Deleting one deletes the refresh chains started through it.
+        "browser sessions",
+        "delete from browser_session where id in (select id from browser_session \
+         where expires_at <= $1 or ended_at <= $1 - 86400 limit $2)",
+    ),
     (
         "login sessions",
         // Revoked logins are kept a day for the record; deleting a login

@@ -13,6 +13,8 @@ pub struct NewSession<'a> {
     pub scope: &'a str,
     pub auth_time: i64,
     pub expires_at: i64,
+    /// Set for a chain started by an authorization code: its browser session.
+    pub browser_session_id: Option<&'a str>,
 }
 
 /// A refresh token with the session it belongs to.
@@ -28,6 +30,7 @@ pub struct RefreshRow {
     pub auth_time: i64,
     pub session_expires_at: i64,
     pub revoked_at: Option<i64>,
+    pub browser_session_id: Option<String>,
 }
 
 impl RefreshRow {
@@ -38,6 +41,12 @@ impl RefreshRow {
             && now < self.expires_at
             && now < self.session_expires_at
     }
+
+    /// The `sid` its tokens carry: the browser session for browser sign-in
+    /// (SPEC §10), else the login itself.
+    pub fn sid(&self) -> &str {
+        self.browser_session_id.as_deref().unwrap_or(&self.session_id)
+    }
 }
 
 /// Starts a login; false if its user or client no longer exists.
@@ -47,8 +56,8 @@ pub async fn insert_session<'e>(
     s: &NewSession<'_>,
 ) -> anyhow::Result<bool> {
     sqlx::query(
-        "insert into login_session (id, user_id, client_id, scope, auth_time, expires_at) \
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into login_session (id, user_id, client_id, scope, auth_time, expires_at, browser_session_id) \
+         values ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(s.id)
     .bind(s.user_id)
@@ -56,6 +65,7 @@ pub async fn insert_session<'e>(
     .bind(s.scope)
     .bind(s.auth_time)
     .bind(s.expires_at)
+    .bind(s.browser_session_id)
     .execute(ex)
     .await
     .map(|_| true)
@@ -95,7 +105,7 @@ pub async fn find_refresh_token<'e>(
 ) -> anyhow::Result<Option<RefreshRow>> {
     sqlx::query_as(
         "select r.session_id, r.issued_at, r.expires_at, r.used_at, s.user_id, s.client_id, s.scope, \
-         s.auth_time, s.expires_at as session_expires_at, s.revoked_at \
+         s.auth_time, s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id \
          from refresh_token r join login_session s on s.id = r.session_id where r.digest = $1",
     )
     .bind(digest.as_bytes().to_vec())
@@ -136,10 +146,10 @@ pub async fn revoke_session<'e>(
     Ok(())
 }
 
-/// Ends every login of a user.
+/// Ends every login of a user, browser sessions included.
 #[tracing::instrument(skip_all)]
-pub async fn revoke_user_sessions<'e>(
-    ex: impl Executor<'e, Database = Any>,
+pub async fn revoke_user_sessions(
+    ex: &mut sqlx::AnyConnection,
     user_id: &str,
     now: i64,
 ) -> anyhow::Result<u64> {
@@ -147,48 +157,70 @@ pub async fn revoke_user_sessions<'e>(
         sqlx::query("update login_session set revoked_at = $1 where user_id = $2 and revoked_at is null")
             .bind(now)
             .bind(user_id)
-            .execute(ex)
+            .execute(&mut *ex)
             .await
             .context("revoke user sessions")?;
-    Ok(done.rows_affected())
+    let browsers =
+        sqlx::query("update browser_session set ended_at = $1 where user_id = $2 and ended_at is null")
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *ex)
+            .await
+            .context("end browser sessions")?;
+    Ok(done.rows_affected() + browsers.rows_affected())
 }
 
-/// Whether tokens of this login may still be honoured: the session exists
-/// and is not ended, and its user exists and is not disabled.
+/// Whether tokens of this login may still be honoured: the login (or, for a
+/// browser session's `sid`, this client's chain in it) exists and is not
+/// ended, and its user exists and is not disabled.
 #[tracing::instrument(skip_all)]
 pub async fn session_is_live<'e>(
     ex: impl Executor<'e, Database = Any>,
-    id: &str,
+    sid: &str,
+    client_id: &str,
     now: i64,
 ) -> anyhow::Result<bool> {
     let row: Option<(i64,)> = sqlx::query_as(
         "select 1 from login_session s join user_account u on u.id = s.user_id \
-         where s.id = $1 and s.revoked_at is null and s.expires_at > $2 and u.disabled_at is null",
+         where (s.id = $1 or (s.browser_session_id = $1 and s.client_id = $3)) \
+         and s.revoked_at is null and s.expires_at > $2 and u.disabled_at is null limit 1",
     )
-    .bind(id)
+    .bind(sid)
     .bind(now)
+    .bind(client_id)
     .fetch_optional(ex)
     .await
     .context("select session")?;
     Ok(row.is_some())
 }
 
-/// Ends every login of a user but one (the caller's own, by `sid`).
+/// Ends every login of a user but one (the caller's own, by `sid`: a login,
+/// or a browser session with its chains).
 #[tracing::instrument(skip_all)]
-pub async fn revoke_user_sessions_except<'e>(
-    ex: impl Executor<'e, Database = Any>,
+pub async fn revoke_user_sessions_except(
+    ex: &mut sqlx::AnyConnection,
     user_id: &str,
     keep_sid: &str,
     now: i64,
 ) -> anyhow::Result<u64> {
     let done = sqlx::query(
-        "update login_session set revoked_at = $1 where user_id = $2 and id <> $3 and revoked_at is null",
+        "update login_session set revoked_at = $1 where user_id = $2 and id <> $3 \
+         and (browser_session_id is null or browser_session_id <> $3) and revoked_at is null",
     )
     .bind(now)
     .bind(user_id)
     .bind(keep_sid)
-    .execute(ex)
+    .execute(&mut *ex)
     .await
     .context("revoke other sessions")?;
-    Ok(done.rows_affected())
+    let browsers = sqlx::query(
+        "update browser_session set ended_at = $1 where user_id = $2 and id <> $3 and ended_at is null",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(keep_sid)
+    .execute(&mut *ex)
+    .await
+    .context("end other browser sessions")?;
+    Ok(done.rows_affected() + browsers.rows_affected())
 }

@@ -60,6 +60,9 @@ pub struct IdClaims {
     pub exp: i64,
     pub iat: i64,
     pub auth_time: i64,
+    /// The authorization request's `nonce` (OIDC Core §3.1.2.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +151,36 @@ pub fn verify_access_token(
     validation.set_audience(audiences);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
+        .map(|data| data.claims)
+        .map_err(|_| Rejection::Claims)
+}
+
+/// Checks an `id_token_hint` (OIDC RP-Initiated Logout §2): an id_token we
+/// signed for our issuer, RS256, published key; it may have expired.
+pub fn verify_id_token_hint(token: &str, keys: &KeySet, issuer: &str) -> Result<IdClaims, Rejection> {
+    if token.len() > 8192 || token.split('.').count() != 3 {
+        return Err(Rejection::Malformed);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+    if header.alg != Algorithm::RS256
+        || header.typ.as_deref() != Some(ID_TOKEN_TYP)
+        || header.jku.is_some()
+        || header.x5u.is_some()
+        || header.jwk.is_some()
+        || header.x5c.is_some()
+        || header.crit.is_some()
+    {
+        return Err(Rejection::Header);
+    }
+    let kid = header.kid.as_deref().ok_or(Rejection::Header)?;
+    let key = keys.verifier(kid).ok_or(Rejection::UnknownKey)?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.leeway = 0;
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["iss", "aud", "sub"]);
+    jsonwebtoken::decode::<IdClaims>(token, &key.decoding, &validation)
         .map(|data| data.claims)
         .map_err(|_| Rejection::Claims)
 }

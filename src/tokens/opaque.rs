@@ -19,6 +19,10 @@ pub enum TokenKind {
     VerifyEmail,
     /// Mailed in a password-reset link.
     PasswordReset,
+    /// An authorization code (RFC 6749 §4.1.2), single use, 60 s.
+    AuthorizationCode,
+    /// The value of the `gatehouse_session` cookie.
+    BrowserSession,
 }
 
 impl TokenKind {
@@ -28,6 +32,8 @@ impl TokenKind {
             TokenKind::ClientSecret => "gatehouse_cs_",
             TokenKind::VerifyEmail => "gatehouse_ev_",
             TokenKind::PasswordReset => "gatehouse_pr_",
+            TokenKind::AuthorizationCode => "gatehouse_ac_",
+            TokenKind::BrowserSession => "gatehouse_bs_",
         }
     }
 }

@@ -66,6 +66,8 @@ async fn both_discovery_documents_describe_the_provider() {
             ("userinfo_endpoint", "/oauth2/userinfo"),
             ("revocation_endpoint", "/oauth2/revoke"),
             ("introspection_endpoint", "/oauth2/introspect"),
+            ("authorization_endpoint", "/oauth2/authorize"),
+            ("end_session_endpoint", "/logout"),
         ];
         for (field, suffix) in endpoints {
             assert_eq!(doc[field], app.url(suffix).as_str(), "{path}: {field}");
@@ -79,9 +81,23 @@ async fn both_discovery_documents_describe_the_provider() {
         assert_contains(
             &doc,
             "grant_types_supported",
-            &["password", "refresh_token", "client_credentials"],
+            &[
+                "authorization_code",
+                "password",
+                "refresh_token",
+                "client_credentials",
+            ],
         );
-        strings(&doc, "response_types_supported");
+        assert_eq!(strings(&doc, "response_types_supported"), ["code"], "{path}");
+        assert_eq!(
+            strings(&doc, "code_challenge_methods_supported"),
+            ["S256"],
+            "{path}"
+        );
+        assert_eq!(
+            doc["authorization_response_iss_parameter_supported"], true,
+            "{path}: RFC 9207"
+        );
         assert_contains(&doc, "subject_types_supported", &["public"]);
         assert_contains(&doc, "id_token_signing_alg_values_supported", &["RS256"]);
         assert!(

@@ -3,7 +3,8 @@
 //! empty and huge bodies, garbage path parameters and query strings, NUL
 //! bytes and overlong headers, with and without valid credentials. No
 //! answer may be a 5xx, and every error must come in one of our shapes:
-//! JSON on `/oauth2/*`, problem+json elsewhere (HTML on the mail-link pages).
+//! JSON on `/oauth2/*`, problem+json elsewhere (HTML on the pages browsers
+//! open: the mail-link and sign-in pages and the authorization endpoint).
 //!
 //! The generator is a seeded xorshift, so a failure replays: the seed is
 //! printed with it, and `GATEHOUSE_FUZZ_SEED=<n>` runs another sequence.
@@ -506,7 +507,7 @@ impl Probe<'_> {
         let json_shape = content_type.starts_with("application/json")
             || content_type.starts_with("application/problem+json");
         let html = content_type.starts_with("text/html");
-        let expected = if path.starts_with("/oauth2/") {
+        let expected = if path.starts_with("/oauth2/") && !html_page {
             content_type.starts_with("application/json")
         } else {
             content_type.starts_with("application/problem+json") || (html_page && html)
@@ -561,11 +562,21 @@ async fn hostile_requests_never_get_a_server_error_and_errors_keep_their_shape()
     // Routes outside the document: the pages mail links open, the
     // document itself, metrics, Swagger UI, and paths that do not exist.
     let page_fields = vec!["token".to_owned(), "password".to_owned(), "csrf".to_owned()];
+    let signin_fields: Vec<String> = ["email", "password", "csrf_token", "request", "decision"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     for (method, path, fields) in [
         (reqwest::Method::GET, "/verify-email", vec![]),
         (reqwest::Method::POST, "/verify-email", page_fields.clone()),
         (reqwest::Method::GET, "/reset-password", vec![]),
         (reqwest::Method::POST, "/reset-password", page_fields.clone()),
+        (reqwest::Method::GET, "/login", vec![]),
+        (reqwest::Method::POST, "/login", signin_fields.clone()),
+        (reqwest::Method::GET, "/consent", vec![]),
+        (reqwest::Method::POST, "/consent", signin_fields.clone()),
+        (reqwest::Method::GET, "/logout", vec![]),
+        (reqwest::Method::POST, "/logout", signin_fields.clone()),
         (reqwest::Method::GET, "/openapi.yaml", vec![]),
         (reqwest::Method::GET, "/metrics", vec![]),
         (reqwest::Method::GET, "/docs", vec![]),
@@ -604,7 +615,18 @@ async fn hostile_requests_never_get_a_server_error_and_errors_keep_their_shape()
             admin_token: login["access_token"].as_str().unwrap().to_owned(),
             client: client.clone(),
         };
-        let html_page = op.path == "/verify-email" || op.path == "/reset-password";
+        // The pages browsers open answer in HTML, errors included; so does
+        // the authorization endpoint while the client is not trusted
+        // (RFC 6749 §4.1.2.1).
+        let html_page = [
+            "/verify-email",
+            "/reset-password",
+            "/login",
+            "/consent",
+            "/logout",
+            "/oauth2/authorize",
+        ]
+        .contains(&op.path.as_str());
         let takes_body = op.body_type.is_some() || (html_page && op.method == reqwest::Method::POST);
         let mut cases = fixed_cases(&mut rng, &op.fields, takes_body);
         cases.extend((0..RANDOM_CASES).map(|_| random_case(&mut rng, &op.fields)));

@@ -1,0 +1,117 @@
+//! Checking an e-mail address and password: shared by the password grant,
+//! the hosted `/login` page and `/session/login`, so that back-off, timing
+//! and answers are the same wherever a password is typed.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::app::AppState;
+use crate::error::Error;
+use crate::password::Verdict;
+use crate::store::login_attempt::{LoginGate, begin_login_attempt, clear_login_attempts};
+use crate::store::user::{UserRow, find_user_by_email, update_user_password_hash};
+use crate::tokens::TokenDigest;
+
+/// Why a login was refused.
+#[derive(Debug)]
+pub enum LoginRefusal {
+    /// Unknown user, wrong password, disabled, or backed off: one answer for all.
+    Invalid,
+    /// The password was right but the address is not verified yet (SPEC §10).
+    Unverified,
+    Internal(Error),
+}
+
+impl From<Error> for LoginRefusal {
+    fn from(e: Error) -> LoginRefusal {
+        LoginRefusal::Internal(e)
+    }
+}
+
+impl From<anyhow::Error> for LoginRefusal {
+    fn from(e: anyhow::Error) -> LoginRefusal {
+        LoginRefusal::Internal(Error::Internal(e))
+    }
+}
+
+/// A username and password that passed, with the back-off key to clear once
+/// the login is recorded.
+pub struct LoginSuccess {
+    pub user: UserRow,
+    pub attempt: TokenDigest,
+}
+
+/// Checks a password login. Every refusal costs one argon2 verification and
+/// counts towards the username's back-off (SPEC §10), account or not.
+pub async fn verify_login(
+    state: &AppState,
+    username: &str,
+    password: &SecretString,
+    now: i64,
+) -> Result<LoginSuccess, LoginRefusal> {
+    let lookup = crate::domain::normalise_username(username);
+    // The attempt counts as a failure until it succeeds.
+    let attempt = TokenDigest::of(&lookup);
+    let mut tx = state.db.begin_write().await?;
+    let gate = begin_login_attempt(tx.conn(), &attempt, now, state.settings.login_backoff_after).await?;
+    tx.commit().await?;
+    let user = if lookup.len() <= 254 {
+        find_user_by_email(state.db.pool(), &lookup).await?
+    } else {
+        None
+    };
+    // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
+    let password = crate::domain::normalise_password(password.expose_secret());
+    // Unknown users verify a dummy hash and backed-off ones verify all the
+    // same: every refusal costs one argon2 run.
+    let verdict = state
+        .hasher
+        .verify(password.clone(), user.as_ref().map(|u| u.password_hash.clone()))
+        .await?;
+    let user = match user {
+        Some(user) if gate.is_open() && verdict != Verdict::Wrong && user.is_active() => user,
+        _ => {
+            tracing::warn!(
+                event = "login_failed",
+                backed_off = !gate.is_open(),
+                "login refused"
+            );
+            state.metrics.login_failed();
+            if let LoginGate::Open { failures, backoff } = gate
+                && backoff > 0
+            {
+                tracing::warn!(
+                    event = "account_locked",
+                    failures,
+                    backoff_seconds = backoff,
+                    "login back-off started"
+                );
+            }
+            return Err(LoginRefusal::Invalid);
+        }
+    };
+    if state.settings.require_verified_email && user.email_verified_at.is_none() {
+        // The password was right: the count starts again.
+        let mut tx = state.db.begin_write().await?;
+        clear_login_attempts(tx.conn(), &attempt).await?;
+        tx.commit().await?;
+        return Err(LoginRefusal::Unverified);
+    }
+    if verdict == Verdict::RightNeedsRehash {
+        // Best effort: a failure here must not fail the login.
+        match state.hasher.hash(password).await {
+            Ok(hash) => match state.db.begin_write().await {
+                Ok(mut tx) => {
+                    if update_user_password_hash(tx.conn(), &user.id, &hash)
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tx.commit().await;
+                    }
+                }
+                Err(e) => tracing::warn!("password rehash skipped: {e:#}"),
+            },
+            Err(e) => tracing::warn!("password rehash failed: {e:#}"),
+        }
+    }
+    Ok(LoginSuccess { user, attempt })
+}
