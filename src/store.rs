@@ -76,6 +76,11 @@ impl DerefMut for WriteTx {
 /// The longest [`Db::ping`] waits for an answer.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// PostgreSQL: the longest a request waits for a connection before it is
+/// answered 503. A server that stopped answering must not hold requests for
+/// the whole request timeout; a healthy pool hands one out in milliseconds.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -134,7 +139,7 @@ impl Db {
             _ => {
                 AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await
             }
