@@ -336,6 +336,13 @@ pub enum OAuthErrorResponse {
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Pragma")] String,
     ),
+    /// `temporarily_unavailable`: the database is out of reach; try again shortly.
+    #[oai(status = 503)]
+    Unavailable(
+        Json<OAuthErrorBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+    ),
 }
 
 /// The body of a bearer-token error: empty when no token was sent.
@@ -382,6 +389,9 @@ pub enum BearerErrorResponse {
     /// Something failed on our side.
     #[oai(status = 500)]
     ServerError(Json<OAuthErrorBody>),
+    /// `temporarily_unavailable`: the database is out of reach; try again shortly.
+    #[oai(status = 503)]
+    Unavailable(Json<OAuthErrorBody>),
 }
 
 /// The error answers outside `/oauth2/*`: RFC 9457 problem details.
@@ -420,6 +430,9 @@ pub enum ProblemResponse {
     /// Something failed on our side; nothing is revealed.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
+    /// The database is out of reach (`code: unavailable`); try again shortly.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
 }
 
 impl From<Error> for ProblemResponse {
@@ -480,6 +493,17 @@ impl From<Error> for ProblemResponse {
                 )),
                 retry_after.max(1),
             ),
+            Error::Internal(e) if database_unavailable(&e) => {
+                log_unavailable(&e);
+                ProblemResponse::Unavailable(Json(
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "Service unavailable",
+                    )
+                    .with_detail("the database is out of reach; try again shortly"),
+                ))
+            }
             Error::Internal(e) => {
                 log_internal(&e);
                 ProblemResponse::Internal(Json(Problem::new(
@@ -494,6 +518,32 @@ impl From<Error> for ProblemResponse {
 
 fn log_internal(e: &anyhow::Error) {
     tracing::error!(error = %format!("{e:#}"), "internal error");
+}
+
+/// Is this failure the database being out of reach (refused, reset, no
+/// connection within the pool's acquire timeout, shutting down) rather than
+/// a bug? Such requests are answered 503, and the next ones succeed once the
+/// database is back.
+pub fn database_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+        Some(
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed,
+        ) => true,
+        // SQLSTATE class 08 (connection exception) and 57P (operator
+        // intervention: shutdown, cannot connect now).
+        Some(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    })
+}
+
+fn log_unavailable(e: &anyhow::Error) {
+    tracing::warn!(error = %format!("{e:#}"), "database unavailable");
 }
 
 fn body(code: OAuthCode, description: Option<Cow<'static, str>>) -> Json<OAuthErrorBody> {
@@ -537,6 +587,14 @@ impl From<Error> for OAuthErrorResponse {
                 no_store(),
                 no_cache(),
             ),
+            Error::Internal(e) if database_unavailable(&e) => {
+                log_unavailable(&e);
+                OAuthErrorResponse::Unavailable(
+                    body(OAuthCode::TemporarilyUnavailable, None),
+                    no_store(),
+                    no_cache(),
+                )
+            }
             Error::Internal(e) => {
                 log_internal(&e);
                 OAuthErrorResponse::ServerError(body(OAuthCode::ServerError, None), no_store(), no_cache())
@@ -600,6 +658,10 @@ impl From<Error> for BearerErrorResponse {
                 body(OAuthCode::TemporarilyUnavailable, None),
                 retry_after.max(1),
             ),
+            Error::Internal(e) if database_unavailable(&e) => {
+                log_unavailable(&e);
+                BearerErrorResponse::Unavailable(body(OAuthCode::TemporarilyUnavailable, None))
+            }
             Error::Internal(e) => {
                 log_internal(&e);
                 BearerErrorResponse::ServerError(body(OAuthCode::ServerError, None))
@@ -701,6 +763,30 @@ mod tests {
             OAuthErrorResponse::Unauthorized(_, challenge, _, _) => assert!(challenge.is_none()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503_temporarily_unavailable() {
+        let lost = || anyhow::Error::new(sqlx::Error::PoolTimedOut).context("select refresh token");
+        match OAuthErrorResponse::from(Error::Internal(lost())) {
+            OAuthErrorResponse::Unavailable(body, cache, _) => {
+                assert_eq!(body.0.error, "temporarily_unavailable");
+                assert_eq!(cache, "no-store");
+            }
+            other => panic!("{other:?}"),
+        }
+        match ProblemResponse::from(Error::Internal(lost())) {
+            ProblemResponse::Unavailable(p) => {
+                assert_eq!((p.0.status, p.0.code.as_str()), (503, "unavailable"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Anything else stays a 500.
+        let bug = anyhow::Error::new(sqlx::Error::RowNotFound).context("select user");
+        assert!(matches!(
+            OAuthErrorResponse::from(Error::Internal(bug)),
+            OAuthErrorResponse::ServerError(..)
+        ));
     }
 
     #[test]

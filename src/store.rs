@@ -77,6 +77,33 @@ impl DerefMut for WriteTx {
 /// The longest [`Db::ping`] waits for an answer.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// PostgreSQL: the longest a request waits for a connection before it is
+/// answered 503. A server that stopped answering must not hold requests for
+/// the whole request timeout; a healthy pool hands one out in milliseconds.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `url` without credentials or options, to name the database in a message.
+fn location(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or(url);
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A database that cannot be opened or reached at start: one line naming
+/// the variable, the place (no password) and the cause.
+fn unusable(url: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(crate::config::ConfigError {
+        variable: "GATEHOUSE_DATABASE_URL",
+        problem: format!("cannot open the database at {}: {e}", location(url)),
+    })
+}
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -111,7 +138,7 @@ impl Db {
                 // running is an error, never a fresh empty database.
                 let created = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options)
                     .await
-                    .context("creating the SQLite database")?;
+                    .map_err(|e| unusable(&url, e))?;
                 sqlx::Connection::close(created)
                     .await
                     .context("creating the SQLite database")?;
@@ -133,9 +160,19 @@ impl Db {
                     .await
             }
             _ => {
+                // One plain attempt first: the pool retries a refused
+                // connection until its timeout, then says only that it timed out.
+                let first = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options);
+                match tokio::time::timeout(ACQUIRE_TIMEOUT, first).await {
+                    Ok(Ok(conn)) => {
+                        let _ = sqlx::Connection::close(conn).await;
+                    }
+                    Ok(Err(e)) => return Err(unusable(&url, e)),
+                    Err(_) => return Err(unusable(&url, format!("no answer within {ACQUIRE_TIMEOUT:?}"))),
+                }
                 AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect_with(options)
                     .await
             }

@@ -266,3 +266,312 @@ pub fn jwt_parts(token: &str) -> (Value, Value) {
     let claims = decode("claims");
     (header, claims)
 }
+
+// ---------------------------------------------------------------------------
+// Real server processes, a database proxy and direct SQL, for the cluster
+// and fault tests: several instances are several processes in production.
+
+/// Is the test database PostgreSQL (`GATEHOUSE_TEST_DATABASE_URL`)?
+pub fn on_postgres() -> bool {
+    std::env::var("GATEHOUSE_TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"))
+}
+
+/// The `gatehouse` binary, without the GATEHOUSE_* variables of the test's
+/// own environment.
+pub fn gatehouse_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GATEHOUSE_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// The variables that point a process at `config`'s database, keys, mail
+/// and limits: what an operator sets on every instance alike.
+pub fn shared_env(config: &Config) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GATEHOUSE_DATABASE_URL", config.database_url.clone()),
+        ("GATEHOUSE_KEYS_DIR", config.keys_dir.display().to_string()),
+        ("GATEHOUSE_MAIL_OUTBOX", config.mail_outbox.display().to_string()),
+        ("GATEHOUSE_JWKS_MAX_AGE", config.jwks_max_age.clone()),
+        ("GATEHOUSE_ACCESS_TOKEN_TTL", config.access_token_ttl.clone()),
+        (
+            "GATEHOUSE_RATE_LIMIT_PER_MINUTE",
+            config.rate_limit_per_minute.clone(),
+        ),
+        (
+            "GATEHOUSE_LOGIN_BACKOFF_AFTER",
+            config.login_backoff_after.clone(),
+        ),
+        (
+            "GATEHOUSE_REQUIRE_VERIFIED_EMAIL",
+            config.require_verified_email.clone(),
+        ),
+        ("GATEHOUSE_LOG_FORMAT", "json".to_owned()),
+    ];
+    if let Some(issuer) = &config.issuer {
+        env.push(("GATEHOUSE_ISSUER", issuer.clone()));
+    }
+    if let Some(smtp) = &config.smtp_url {
+        env.push(("GATEHOUSE_SMTP_URL", smtp.clone()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `gatehouse serve` as a child process; SIGKILLed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub http: reqwest::Client,
+    log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `app`'s database and keys directory, with `app`'s
+    /// issuer (instances behind one load balancer share it) and `extra` on
+    /// top; waits until `/ready` answers 200.
+    pub async fn start(app: &TestApp, extra: &[(&str, &str)]) -> ServerProcess {
+        let port = free_port();
+        let log = app.dir.path().join(format!("server-{port}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = gatehouse_command()
+            .current_dir(app.dir.path())
+            .envs(shared_env(&app.config))
+            .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}"))
+            .envs(extra.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("gatehouse starts");
+        let mut server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            log,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = server.http.get(server.url("/ready")).send().await
+                && resp.status() == 200
+            {
+                return server;
+            }
+            if let Some(exit) = server.child.try_wait().expect("child status") {
+                panic!("gatehouse exited with {exit}:\n{}", server.output());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready within 20 s:\n{}",
+                server.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `kill -9`: no shutdown, no drain, no chance to commit anything more.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POST /oauth2/token as `client` (Basic when it has a secret).
+    pub async fn token(
+        &self,
+        client: &TestClient,
+        form: &[(&str, &str)],
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        let mut req = self.http.post(self.url("/oauth2/token"));
+        match &client.secret {
+            Some(secret) => req = req.basic_auth(&client.id, Some(secret)),
+            None => fields.push(("client_id", &client.id)),
+        }
+        req.form(&fields).send().await
+    }
+
+    pub async fn refresh(
+        &self,
+        client: &TestClient,
+        refresh_token: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.token(
+            client,
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+        )
+        .await
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `cmd` to its end, or kills it after `within`: exit status (None if
+/// killed), standard error, and how long it ran.
+pub async fn run_bounded(
+    mut cmd: std::process::Command,
+    within: Duration,
+) -> (Option<std::process::ExitStatus>, String, Duration) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gatehouse starts");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            break Some(status);
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr, took)
+}
+
+/// A pool on `app`'s database, for checking rows directly.
+pub async fn test_db(app: &TestApp) -> gatehouse::store::Db {
+    gatehouse::store::Db::connect(&app.config.database_url)
+        .await
+        .expect("connect to the test database")
+}
+
+/// What the store keeps of an opaque token: its SHA-256.
+pub fn digest_of(token: &str) -> Vec<u8> {
+    gatehouse::tokens::TokenDigest::of(token).as_bytes().to_vec()
+}
+
+/// What a [`DbProxy`] does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward to the database.
+    Pass,
+    /// Close every connection at once: a stopped server or a reset network.
+    Refuse,
+    /// Hold every connection and forward nothing: a host that vanished
+    /// without a word (packets dropped), the case that makes clients hang.
+    Blackhole,
+}
+
+/// A TCP proxy in front of PostgreSQL whose mode the test switches; leaving
+/// `Pass` also applies the new mode to the connections already open.
+pub struct DbProxy {
+    pub port: u16,
+    mode: std::sync::Arc<tokio::sync::watch::Sender<ProxyMode>>,
+}
+
+impl DbProxy {
+    pub async fn start(upstream: String) -> DbProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let mode = std::sync::Arc::new(tokio::sync::watch::channel(ProxyMode::Pass).0);
+        let modes = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = modes.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    // Wait out a black hole, holding the socket; a refusal closes it.
+                    loop {
+                        match *watch.borrow_and_update() {
+                            ProxyMode::Pass => break,
+                            ProxyMode::Refuse => return,
+                            ProxyMode::Blackhole => {}
+                        }
+                        if watch.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = watch.wait_for(|m| *m != ProxyMode::Pass) => {}
+                    }
+                    // Out of `Pass`: drop now, or hold silently until the mode changes.
+                    if *watch.borrow_and_update() == ProxyMode::Blackhole {
+                        let _ = watch.changed().await;
+                    }
+                });
+            }
+        });
+        DbProxy { port, mode }
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+/// `url` with its host and port replaced by `127.0.0.1:<port>` (a [`DbProxy`]).
+pub fn via_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(u, _)| format!("{u}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{userinfo}127.0.0.1:{port}{path}")
+}
+
+/// `host:port` of a PostgreSQL URL.
+pub fn postgres_host(url: &str) -> String {
+    let rest = url.split_once("://").expect("a URL").1;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    }
+}
+
+/// A fresh, empty test database (no migrations, no keys), as
+/// [`TestApp::spawn`] makes one: PostgreSQL or a SQLite file in `dir`.
+pub async fn empty_database_url(dir: &std::path::Path) -> String {
+    fresh_database(dir).await
+}
