@@ -155,6 +155,9 @@ pub enum AuthorizeResponse {
     /// Something went wrong on our side: an HTML page.
     #[oai(status = 500)]
     Broken(Html<String>, #[oai(header = "Cache-Control")] String),
+    /// The database is out of reach for a moment: an HTML page.
+    #[oai(status = 503)]
+    Unavailable(Html<String>, #[oai(header = "Cache-Control")] String),
 }
 
 #[derive(ApiResponse)]
@@ -427,7 +430,15 @@ impl OAuth2Api {
                 page_csp(),
                 no_store(),
             ),
-            AuthorizeAnswer::Broken => AuthorizeResponse::Broken(
+            AuthorizeAnswer::Broken { unavailable: true } => AuthorizeResponse::Unavailable(
+                Html(message_html(
+                    "Please try again",
+                    "The service is briefly unavailable. Try again in a moment.",
+                    "error",
+                )),
+                no_store(),
+            ),
+            AuthorizeAnswer::Broken { unavailable: false } => AuthorizeResponse::Broken(
                 Html(message_html(
                     "Something went wrong",
                     "Please try again later.",

@@ -90,6 +90,38 @@ pub(crate) fn page_sending_to(
         .body(html)
 }
 
+/// Logs a failure on our side; true when it is the database being out of
+/// reach (the next try may well work) rather than a bug.
+pub(crate) fn log_failure(what: &str, e: &anyhow::Error) -> bool {
+    let unavailable = crate::error::database_unavailable(e);
+    if unavailable {
+        tracing::warn!(error = %format!("{e:#}"), page = what, "database unavailable");
+    } else {
+        tracing::error!(error = %format!("{e:#}"), page = what, "internal error");
+    }
+    unavailable
+}
+
+/// Logs a failure on our side and answers it: 503 while the database is out
+/// of reach, 500 otherwise.
+pub(crate) fn failure_page(what: &str, e: &anyhow::Error) -> Response {
+    if log_failure(what, e) {
+        message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "The service is briefly unavailable. Try again in a moment.",
+            "error",
+        )
+    } else {
+        message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "Please try again later.",
+            "error",
+        )
+    }
+}
+
 pub(crate) fn message(status: StatusCode, title: &str, text: &str, class: &str) -> Response {
     page(
         status,
@@ -181,15 +213,7 @@ pub async fn verify_email_submit(
             "Thank you: you can now sign in.",
             "ok",
         ),
-        Err(Error::Internal(e)) => {
-            tracing::error!(error = %format!("{e:#}"), "verify-email page");
-            message(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong",
-                "Please try again later.",
-                "error",
-            )
-        }
+        Err(Error::Internal(e)) => failure_page("verify-email", &e),
         Err(_) => message(
             StatusCode::BAD_REQUEST,
             "Link not valid",
@@ -257,6 +281,7 @@ pub async fn reset_password_submit(
                     request_form()
                 ),
             ),
+            Err(Error::Internal(e)) => failure_page("reset-password", &e),
             Err(_) => message(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
@@ -282,15 +307,7 @@ pub async fn reset_password_submit(
                 &reset_form(&token, Some(&text)),
             )
         }
-        Err(Error::Internal(e)) => {
-            tracing::error!(error = %format!("{e:#}"), "reset-password page");
-            message(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong",
-                "Please try again later.",
-                "error",
-            )
-        }
+        Err(Error::Internal(e)) => failure_page("reset-password", &e),
         Err(_) => message(
             StatusCode::BAD_REQUEST,
             "Link not valid",

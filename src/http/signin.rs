@@ -19,7 +19,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::cookies::{self, SESSION_COOKIE};
-use super::pages::{foreign_origin, message, page_sending_to, refused_origin};
+use super::pages::{failure_page, foreign_origin, log_failure, message, page_sending_to, refused_origin};
 use crate::app::AppState;
 use crate::domain::RedirectUri;
 use crate::mail::templates::escape_html;
@@ -112,13 +112,12 @@ fn found(location: &str) -> Response {
         .finish()
 }
 
-fn broken() -> Response {
-    message(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Something went wrong",
-        "Please try again later.",
-        "error",
-    )
+/// A failure on our side, logged; 503 while the database is out of reach.
+fn broken(what: &str, e: &crate::error::Error) -> Response {
+    match e {
+        crate::error::Error::Internal(inner) => failure_page(what, inner),
+        other => failure_page(what, &anyhow::anyhow!("{other:?}")),
+    }
 }
 
 fn expired_form() -> Response {
@@ -140,17 +139,7 @@ fn authorize_failure(e: AuthorizeError, status: StatusCode) -> Response {
             "error",
         ),
         AuthorizeError::Redirect(location) => found(&location),
-        AuthorizeError::Internal(e) => {
-            tracing::error!(error = %log_text(&e), "sign-in");
-            broken()
-        }
-    }
-}
-
-fn log_text(e: &crate::error::Error) -> String {
-    match e {
-        crate::error::Error::Internal(inner) => format!("{inner:#}"),
-        other => format!("{other:?}"),
+        AuthorizeError::Internal(e) => broken("sign-in", &e),
     }
 }
 
@@ -185,8 +174,8 @@ pub enum AuthorizeAnswer {
     Redirect(String),
     /// 400: the client or redirect URI cannot be trusted; the page says why.
     Refused(&'static str),
-    /// 500.
-    Broken,
+    /// 503 while the database is out of reach, else 500.
+    Broken { unavailable: bool },
 }
 
 /// `GET /oauth2/authorize`: checks the request, then sends the browser to
@@ -210,8 +199,11 @@ pub async fn authorize(state: &AppState, req: &Request) -> AuthorizeAnswer {
         Ok(location) | Err(AuthorizeError::Redirect(location)) => AuthorizeAnswer::Redirect(location),
         Err(AuthorizeError::Page(text)) => AuthorizeAnswer::Refused(text),
         Err(AuthorizeError::Internal(e)) => {
-            tracing::error!(error = %log_text(&e), "authorize");
-            AuthorizeAnswer::Broken
+            let unavailable = match &e {
+                crate::error::Error::Internal(inner) => log_failure("authorize", inner),
+                other => log_failure("authorize", &anyhow::anyhow!("{other:?}")),
+            };
+            AuthorizeAnswer::Broken { unavailable }
         }
     }
 }
@@ -277,10 +269,7 @@ pub async fn login_page(req: &Request, Data(state): Data<&AppState>) -> Response
                 return with_cookie(signed_in_page(state, &session, &cookie).await, set_cookie);
             }
             Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "login page");
-                return broken();
-            }
+            Err(e) => return failure_page("login", &e),
         }
     }
     let email = request
@@ -369,10 +358,7 @@ pub async fn login_submit(
                 StatusCode::FORBIDDEN,
             );
         }
-        Err(LoginRefusal::Internal(e)) => {
-            tracing::error!(error = %log_text(&e), "login page");
-            return broken();
-        }
+        Err(LoginRefusal::Internal(e)) => return broken("login", &e),
     };
     // A new cookie value at every sign-in: a value planted before it is worthless.
     let value = OpaqueToken::generate(TokenKind::BrowserSession);
@@ -395,8 +381,7 @@ pub async fn login_submit(
     }
     .await;
     if let Err(e) = started {
-        tracing::error!(error = %format!("{e:#}"), "login page");
-        return broken();
+        return failure_page("login", &e);
     }
     tracing::info!(event = "login_succeeded", user_id = %user.id, "browser sign-in");
     let set_cookie = cookies::set(&state.settings, secure(state), SESSION_COOKIE, value.expose());
@@ -604,10 +589,7 @@ pub async fn logout_page(req: &Request, Data(state): Data<&AppState>) -> Respons
     };
     let session = match current_session(state, req, now).await {
         Ok(session) => session,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "logout page");
-            return broken();
-        }
+        Err(e) => return failure_page("logout", &e),
     };
     let (Some(cookie), Some(_)) = (session_cookie(req), session) else {
         return match target {
@@ -675,8 +657,7 @@ pub async fn logout_submit(
     }
     .await;
     if let Err(e) = ended {
-        tracing::error!(error = %format!("{e:#}"), "logout");
-        return broken();
+        return failure_page("logout", &e);
     }
     let clear = cookies::clear(&state.settings, secure(state), SESSION_COOKIE);
     with_cookie(signed_out(target.as_deref()), Some(clear))
