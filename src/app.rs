@@ -23,6 +23,7 @@ use crate::http::discovery::{DiscoveryApi, ProviderMetadata};
 use crate::http::headers::HeaderPolicy;
 use crate::http::oauth2::OAuth2Api;
 use crate::http::ops::OpsApi;
+use crate::http::session::SessionApi;
 use crate::keys::{KeyFileError, KeyRing};
 use crate::password::Hasher;
 use crate::store::Db;
@@ -59,12 +60,12 @@ impl Deref for AppState {
     }
 }
 
-type Apis = (OAuth2Api, DiscoveryApi, AccountsApi, AdminApi, OpsApi);
+type Apis = (OAuth2Api, DiscoveryApi, AccountsApi, SessionApi, AdminApi, OpsApi);
 
 /// The OpenAPI service; it needs no state, so `gatehouse openapi` can print it.
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (OAuth2Api, DiscoveryApi, AccountsApi, AdminApi, OpsApi),
+        (OAuth2Api, DiscoveryApi, AccountsApi, SessionApi, AdminApi, OpsApi),
         "gatehouse",
         env!("CARGO_PKG_VERSION"),
     )

@@ -12,6 +12,7 @@ pub mod oauth2;
 pub mod ops;
 pub mod pages;
 mod raw_json;
+pub mod session;
 pub mod signin;
 
 pub use raw_json::RawJson;
@@ -26,6 +27,8 @@ pub enum ApiTag {
     Discovery,
     /// Registration, e-mail verification, password reset, the user's own account.
     Accounts,
+    /// Cookie sessions for first-party web apps (SPEC §11).
+    Session,
     /// Administration: users, clients, keys (role `admin`).
     Admin,
     /// Health and readiness.

@@ -14,7 +14,10 @@ pub use client_auth::{ClientCredentials, SecretFailureBudget, authenticate_clien
 pub use introspect::{Introspection, introspect};
 pub use login::{LoginRefusal, LoginSuccess, verify_login};
 pub use revoke::revoke;
-pub use token::{TokenGrant, TokenRequest, cookie_session_login, exchange};
+pub use token::{
+    EMAIL_NOT_VERIFIED, TokenGrant, TokenRequest, cookie_session_login, cookie_session_refresh,
+    end_cookie_session, exchange,
+};
 pub use userinfo::{UserInfo, check_access_token, userinfo};
 
 use crate::domain::Scope;

@@ -23,6 +23,10 @@ use crate::store::user::{UserRow, find_user};
 use crate::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, ID_TOKEN_TYP, IdClaims, encode};
 use crate::tokens::{OpaqueToken, TokenDigest, TokenKind};
 
+/// The one `error_description` a login may carry (SPEC §10): the password
+/// was right, the address is not verified. Callers match on it.
+pub const EMAIL_NOT_VERIFIED: &str = "email not verified";
+
 /// A parsed token request, one variant per grant.
 #[derive(Debug)]
 pub enum TokenRequest {
@@ -178,7 +182,7 @@ async fn password_login(
         // The same answer as a wrong password: no hint that the account exists.
         Err(LoginRefusal::Invalid) => return Err(Error::invalid_grant()),
         Err(LoginRefusal::Unverified) => {
-            return Err(Error::oauth_with(OAuthCode::InvalidGrant, "email not verified"));
+            return Err(Error::oauth_with(OAuthCode::InvalidGrant, EMAIL_NOT_VERIFIED));
         }
         Err(LoginRefusal::Internal(e)) => return Err(e),
     };
@@ -570,6 +574,85 @@ fn issue_for_user(
         id_token,
         access_jti: claims.jti,
     })
+}
+
+/// `POST /session/refresh` (SPEC §11): the refresh grant for a token the
+/// browser held in a cookie. The token names its client, so the browser
+/// sends none; the client must still be first-party with the refresh_token
+/// grant. Returns the grant and the seconds the new refresh token lives
+/// (its idle lifetime, cut short by the login's absolute deadline).
+pub async fn cookie_session_refresh(
+    state: &AppState,
+    refresh_token: SecretString,
+    now: i64,
+) -> Result<(TokenGrant, i64), Error> {
+    let presented = refresh_token.expose_secret();
+    if !presented.starts_with(TokenKind::RefreshToken.prefix()) || presented.len() > 256 {
+        return Err(Error::invalid_grant());
+    }
+    let digest = TokenDigest::of(presented);
+    let Some(row) = find_refresh_token(state.db.pool(), &digest).await? else {
+        return Err(Error::invalid_grant());
+    };
+    let Some(client) = crate::store::client::find_client(state.db.pool(), &row.client_id).await? else {
+        return Err(Error::invalid_grant());
+    };
+    if !client.first_party {
+        return Err(Error::oauth_with(
+            OAuthCode::UnauthorizedClient,
+            "cookie sessions need a first-party client",
+        ));
+    }
+    // The refresh grant itself: single use, reuse ends the chain.
+    let grant = exchange(
+        state,
+        &client,
+        TokenRequest::RefreshToken {
+            refresh_token,
+            scope: None,
+        },
+        now,
+    )
+    .await?;
+    let lives = (now + state.settings.refresh_token_ttl).min(row.session_expires_at) - now;
+    Ok((grant, lives))
+}
+
+/// `POST /session/logout` (SPEC §11): ends the login the refresh cookie
+/// belongs to (whatever its state: any token of a chain names the chain) and
+/// revokes the access cookie's token by `jti`. Unknown or invalid tokens are
+/// ignored, as in RFC 7009 §2.2.
+pub async fn end_cookie_session(
+    state: &AppState,
+    refresh_token: Option<&str>,
+    access_token: Option<&str>,
+    now: i64,
+) -> Result<(), Error> {
+    let chain = match refresh_token {
+        Some(t) if t.starts_with(TokenKind::RefreshToken.prefix()) && t.len() <= 256 => {
+            find_refresh_token(state.db.pool(), &TokenDigest::of(t)).await?
+        }
+        _ => None,
+    };
+    let access = access_token.and_then(|t| {
+        crate::tokens::jwt::verify_access_token(t, &state.keys.current(), &state.issuer, &state.audiences)
+            .ok()
+    });
+    if chain.is_none() && access.is_none() {
+        return Ok(());
+    }
+    let mut tx = state.db.begin_write().await?;
+    if let Some(row) = &chain {
+        revoke_session(tx.conn(), &row.session_id, now).await?;
+    }
+    if let Some(claims) = &access {
+        insert_revoked_access_token(tx.conn(), &claims.jti, claims.exp).await?;
+    }
+    tx.commit().await?;
+    if let Some(row) = &chain {
+        tracing::info!(event = "cookie_session_ended", sid = %row.session_id, "cookie session ended");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod limits;
 mod mail;
 mod ops;
 mod passwords;
+mod session;
 mod smtp_sink;
 mod token;
 mod tokens_checked;
