@@ -1,64 +1,132 @@
 #!/usr/bin/env bash
-# Token-core benchmark: client_credentials requests/s of a release server on
-# SQLite, against this machine's RS256 signing ceiling measured in the same run.
+# gatehouse benchmark: this machine's ceilings and every workload, in one run.
 #
-#   bash bench/run.sh            # DURATION=10 CONNECTIONS=32 by default
+#   bash bench/run.sh [POSTGRES_URL]     # or GATEHOUSE_BENCH_PG_URL=...
 #
-# Needs wrk (apt-get install wrk). Writes bench/results/latest.json.
+# Builds release; measures RS256 signatures/s (1 and 2 threads), argon2id
+# hashes/s (2 threads) and a trivial poem handler's requests/s; then starts
+# the release server on SQLite (and on a fresh PostgreSQL database when a URL
+# is given), seeds it with the CLI and drives each workload with
+# bench/load.rs (32 connections, DURATION s after WARMUP s discarded).
+# Also measures idle RSS, peak RSS during the password flood and start to
+# /ready with an existing key. Prints one table; writes bench/results/NAME.json
+# (NAME=latest unless set).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+PG_URL=${1:-${GATEHOUSE_BENCH_PG_URL:-}}
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-18080}
-command -v wrk >/dev/null || { echo "bench: wrk is needed (apt-get install wrk)" >&2; exit 1; }
+NAME=${NAME:-latest}
+USERS=${USERS:-16}
+WORKLOADS=${WORKLOADS:-jwks discovery client_credentials password refresh introspect userinfo password+jwks}
 
+echo "==> building (release)" >&2
 cargo build --release --quiet
-echo "==> ceilings (RS256 with a parsed key, argon2id)"
-CEILINGS=$(BENCH_SECONDS=3 cargo bench --quiet --bench ceilings 2>/dev/null | tail -1)
-echo "${CEILINGS}"
+cargo build --release --quiet --examples
+GH="$PWD/target/release/gatehouse"
+LOAD="$PWD/target/release/examples/load"
+TRIVIAL="$PWD/target/release/examples/trivial"
 
 WORK=$(mktemp -d)
-trap 'kill "${SERVER:-0}" 2>/dev/null || true; rm -rf "${WORK}"' EXIT
-GH="$PWD/target/release/gatehouse"
-export GATEHOUSE_DATABASE_URL="sqlite://${WORK}/gatehouse.db" GATEHOUSE_KEYS_DIR="${WORK}/keys"
-export GATEHOUSE_LISTEN="127.0.0.1:${PORT}" RUST_LOG=warn
-# All load comes from one address: lift the per-IP limit for the benchmark.
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "${pid}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ -n "${PG_DB:-}" ]]; then
+        psql -q "${PG_URL}" -c "drop database if exists ${PG_DB}" >/dev/null 2>&1 || true
+    fi
+    rm -rf "${WORK}"
+}
+trap cleanup EXIT
+
+wait_ready() { # URL -> milliseconds until it answered 200
+    local start=$(date +%s%N)
+    for _ in $(seq 1000); do
+        if curl -sf -o /dev/null "$1"; then
+            echo $((($(date +%s%N) - start) / 1000000))
+            return 0
+        fi
+        sleep 0.005
+    done
+    echo "bench: $1 never became ready" >&2
+    return 1
+}
+
+echo "==> ceilings: RS256 (1, 2 threads), argon2id (2 threads)" >&2
+CEILINGS=$(BENCH_SECONDS=3 cargo bench --quiet --bench ceilings 2>/dev/null | tail -1)
+echo "${CEILINGS}" >"${WORK}/ceilings.json"
+echo "    ${CEILINGS}" >&2
+
+echo "==> ceiling: trivial poem handler" >&2
+"${TRIVIAL}" "127.0.0.1:$((PORT + 10))" &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$((PORT + 10))/" >/dev/null
+"${LOAD}" --url "http://127.0.0.1:$((PORT + 10))" --workload trivial --connections "${CONNECTIONS}" \
+    --duration "${DURATION}" --warmup "${WARMUP}" | tee "${WORK}/trivial.json" >&2
+kill "${PIDS[-1]}"
+
+# The server as it ships (info-level JSON logs, one line per request, to a
+# file); only the per-IP limit is lifted: all load comes from one address.
+export GATEHOUSE_LISTEN="127.0.0.1:${PORT}" GATEHOUSE_LOG_FORMAT=json
 export GATEHOUSE_RATE_LIMIT_PER_MINUTE=1000000000
-(cd "${WORK}" && exec "${GH}" serve) &
-SERVER=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:${PORT}/ready" >/dev/null && break; sleep 0.1; done
+unset RUST_LOG
+URL="http://127.0.0.1:${PORT}"
 
-CLIENT=$("${GH}" clients create --name bench --grant client_credentials --scope read 2>/dev/null)
-ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_id"])' <<<"${CLIENT}")
-SECRET=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])' <<<"${CLIENT}")
-export AUTH="Basic $(printf '%s:%s' "${ID}" "${SECRET}" | base64 -w0)"
+bench_backend() { # NAME DATABASE_URL
+    local name=$1 dir="${WORK}/$1"
+    mkdir -p "${dir}"
+    export GATEHOUSE_DATABASE_URL=$2 GATEHOUSE_KEYS_DIR="${dir}/keys"
+    echo "==> ${name}: first start (creates the key), seeding" >&2
+    "${GH}" serve 2>>"${dir}/server.log" &
+    local server=$!
+    PIDS+=("${server}")
+    wait_ready "${URL}/ready" >/dev/null
+    local client id secret
+    client=$("${GH}" clients create --name bench --grant client_credentials --grant password \
+        --grant refresh_token --scope read 2>/dev/null)
+    id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_id"])' <<<"${client}")
+    secret=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])' <<<"${client}")
+    : >"${dir}/users"
+    for n in $(seq "${USERS}"); do
+        local email="bench${n}@example.com" password="bench-Pw-${n}-$RANDOM-lanyard"
+        "${GH}" users create --email "${email}" --password-stdin --verified <<<"${password}" >/dev/null 2>&1
+        echo "${email} ${password}" >>"${dir}/users"
+    done
+    kill "${server}"
+    wait "${server}" 2>/dev/null || true
 
-echo "==> warm-up (2 s, discarded)"
-wrk -t2 -c"${CONNECTIONS}" -d2s -s bench/client_credentials.lua "http://127.0.0.1:${PORT}/oauth2/token" >/dev/null
-echo "==> client_credentials: ${CONNECTIONS} connections, ${DURATION} s"
-OUT=$(wrk -t2 -c"${CONNECTIONS}" -d"${DURATION}s" --latency -s bench/client_credentials.lua \
-    "http://127.0.0.1:${PORT}/oauth2/token")
-echo "${OUT}"
+    echo "==> ${name}: start to /ready with the key in place" >&2
+    "${GH}" serve 2>>"${dir}/server.log" &
+    server=$!
+    PIDS+=("${server}")
+    local ready_ms
+    ready_ms=$(wait_ready "${URL}/ready")
+    sleep 1
+    local idle_kib
+    idle_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/${server}/status")
+    echo "{\"start_to_ready_ms\": ${ready_ms}, \"idle_rss_kib\": ${idle_kib}, \"argon2_permits\": $(nproc)}" \
+        | tee "${dir}/memory.json" >&2
+    for w in ${WORKLOADS}; do
+        echo "==> ${name}: ${w}" >&2
+        "${LOAD}" --url "${URL}" --workload "${w}" --connections "${CONNECTIONS}" \
+            --duration "${DURATION}" --warmup "${WARMUP}" --client "${id}:${secret}" \
+            --users "${dir}/users" --pid "${server}" | tee "${dir}/${w}.json" >&2
+    done
+    kill "${server}"
+    wait "${server}" 2>/dev/null || true
+}
+
+bench_backend sqlite "sqlite://${WORK}/sqlite/gatehouse.db"
+BACKENDS=sqlite
+if [[ -n "${PG_URL}" ]]; then
+    PG_DB="gatehouse_bench_$$"
+    psql -q "${PG_URL}" -c "create database ${PG_DB}" >/dev/null
+    bench_backend postgres "${PG_URL%/*}/${PG_DB}"
+    BACKENDS="sqlite postgres"
+fi
 
 mkdir -p bench/results
-python3 - "${CEILINGS}" "${OUT}" <<'PY' | tee bench/results/latest.json
-import json, re, sys
-ceilings = json.loads(sys.argv[1])
-out = sys.argv[2]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-def latency(p):
-    m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    return round(float(m.group(1)) * scale, 2)
-ceiling = ceilings["rs256_signatures_per_s_2_threads"]
-print(json.dumps({
-    "ceilings": ceilings,
-    "client_credentials": {
-        "requests_per_s": rps, "p50_ms": latency(50), "p99_ms": latency(99),
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "ratio_to_2_thread_signing_ceiling": round(rps / ceiling, 3),
-    },
-}, indent=2))
-PY
+python3 bench/report.py "${WORK}" "${BACKENDS}" "bench/results/${NAME}.json"
