@@ -18,6 +18,7 @@ mod interop;
 mod keys;
 mod limits;
 mod mail;
+mod oidc_client;
 mod ops;
 mod passwords;
 mod smtp_sink;
