@@ -10,6 +10,7 @@ mod helpers;
 mod accounts;
 mod admin;
 mod attacks;
+mod browser;
 mod cli;
 mod discovery;
 mod errors;
