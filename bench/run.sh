@@ -23,10 +23,13 @@ NAME=${NAME:-latest}
 USERS=${USERS:-16}
 WORKLOADS=${WORKLOADS:-jwks discovery client_credentials password refresh introspect userinfo password+jwks}
 
+# GATEHOUSE_BENCH_BIN: measure another build of the server (before/after).
 echo "==> building (release)" >&2
-cargo build --release --quiet
+if [[ -z "${GATEHOUSE_BENCH_BIN:-}" ]]; then
+    cargo build --release --quiet
+fi
 cargo build --release --quiet --examples
-GH="$PWD/target/release/gatehouse"
+GH="${GATEHOUSE_BENCH_BIN:-$PWD/target/release/gatehouse}"
 LOAD="$PWD/target/release/examples/load"
 TRIVIAL="$PWD/target/release/examples/trivial"
 

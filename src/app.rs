@@ -144,7 +144,8 @@ async fn respond(
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", request_id = %request_id);
-    let req_headers = req.headers().clone();
+    // Only the Origin is needed afterwards (CORS), not the whole header map.
+    let origin = req.headers().get("origin").cloned();
     let mut resp = match policy.preflight(&req) {
         Some(resp) => resp,
         // Reading the body counts against the deadline too (slow uploads).
@@ -167,7 +168,7 @@ async fn respond(
             }
         },
     };
-    policy.apply(&path, &req_headers, &mut resp);
+    policy.apply(&path, origin.as_ref(), &mut resp);
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);

@@ -62,10 +62,13 @@ impl HeaderPolicy {
 
     /// Adds the security headers and, for an allowed `Origin`, CORS headers
     /// naming that origin (never `*`, since credentials are allowed).
-    pub fn apply(&self, path: &str, req_headers: &HeaderMap, resp: &mut Response) {
-        let cors_origin = self
-            .allowed_origin(req_headers)
-            .and_then(|o| HeaderValue::from_str(o).ok());
+    pub fn apply(&self, path: &str, origin: Option<&HeaderValue>, resp: &mut Response) {
+        let cors_origin = origin
+            .filter(|o| {
+                o.to_str()
+                    .is_ok_and(|o| self.cors_origins.iter().any(|allowed| allowed == o))
+            })
+            .cloned();
         let headers = resp.headers_mut();
         headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         headers.insert("x-frame-options", HeaderValue::from_static("DENY"));

@@ -4,8 +4,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::store::client::find_client;
 use crate::store::revocation::is_access_token_revoked;
-use crate::store::session::session_is_live;
-use crate::store::user::{UserRow, find_user};
+use crate::store::user::{TokenHolder, UserRow, find_token_holder};
 use crate::tokens::jwt::{AccessClaims, verify_access_token};
 
 /// Verifies an access token and checks, in the database, that it was not
@@ -19,20 +18,23 @@ pub async fn check_access_token(
     let keys = state.keys.current();
     let claims = verify_access_token(token, &keys, &state.issuer, &state.audiences)
         .map_err(|_| Error::invalid_token())?;
-    if is_access_token_revoked(state.db.pool(), &claims.jti).await? {
-        return Err(Error::invalid_token());
-    }
     match &claims.sid {
         Some(sid) => {
-            if !session_is_live(state.db.pool(), sid, &claims.client_id, now).await? {
-                return Err(Error::invalid_token());
-            }
-            match find_user(state.db.pool(), &claims.sub).await? {
-                Some(user) if user.is_active() => Ok((claims, Some(user))),
-                _ => Err(Error::invalid_token()),
+            let holder = TokenHolder {
+                sub: &claims.sub,
+                jti: &claims.jti,
+                sid,
+                client_id: &claims.client_id,
+            };
+            match find_token_holder(state.db.pool(), &holder, now).await? {
+                Some(user) => Ok((claims, Some(user))),
+                None => Err(Error::invalid_token()),
             }
         }
         None => {
+            if is_access_token_revoked(state.db.pool(), &claims.jti).await? {
+                return Err(Error::invalid_token());
+            }
             // A client's own token dies with the client.
             if find_client(state.db.pool(), &claims.client_id).await?.is_none() {
                 return Err(Error::invalid_token());

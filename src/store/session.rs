@@ -170,30 +170,6 @@ pub async fn revoke_user_sessions(
     Ok(done.rows_affected() + browsers.rows_affected())
 }
 
-/// Whether tokens of this login may still be honoured: the login (or, for a
-/// browser session's `sid`, this client's chain in it) exists and is not
-/// ended, and its user exists and is not disabled.
-#[tracing::instrument(skip_all)]
-pub async fn session_is_live<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    sid: &str,
-    client_id: &str,
-    now: i64,
-) -> anyhow::Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as(
-        "select 1 from login_session s join user_account u on u.id = s.user_id \
-         where (s.id = $1 or (s.browser_session_id = $1 and s.client_id = $3)) \
-         and s.revoked_at is null and s.expires_at > $2 and u.disabled_at is null limit 1",
-    )
-    .bind(sid)
-    .bind(now)
-    .bind(client_id)
-    .fetch_optional(ex)
-    .await
-    .context("select session")?;
-    Ok(row.is_some())
-}
-
 /// Ends every login of a user but one (the caller's own, by `sid`: a login,
 /// or a browser session with its chains).
 #[tracing::instrument(skip_all)]

@@ -86,6 +86,44 @@ pub async fn find_user<'e>(
         .context("select user")
 }
 
+/// The user behind a user's access token, in one round trip: the token's
+/// `jti` not revoked, its login (or, for a browser session's `sid`, this
+/// client's chain in it) live, the user present and not disabled.
+#[tracing::instrument(skip_all)]
+pub async fn find_token_holder<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    token: &TokenHolder<'_>,
+    now: i64,
+) -> anyhow::Result<Option<UserRow>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "select {COLUMNS} from user_account u where u.id = $1 and u.disabled_at is null \
+             and not exists (select 1 from revoked_access_token r where r.jti = $2) \
+             and exists (select 1 from login_session s where s.user_id = u.id \
+             and (s.id = $3 or (s.browser_session_id = $3 and s.client_id = $4)) \
+             and s.revoked_at is null and s.expires_at > $5)"
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .bind(token.sub)
+        .bind(token.jti)
+        .bind(token.sid)
+        .bind(token.client_id)
+        .bind(now)
+        .fetch_optional(ex)
+        .await
+        .context("select token holder")
+}
+
+/// What an access token says about whose it is.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenHolder<'a> {
+    pub sub: &'a str,
+    pub jti: &'a str,
+    pub sid: &'a str,
+    pub client_id: &'a str,
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn list_users<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Result<Vec<UserRow>> {
     sqlx::query_as(&format!(
