@@ -155,7 +155,8 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log_format);
+    // Held to the end of main: every queued log line is written before exit.
+    let _logs = crate::telemetry::init(settings.log_format);
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     match execute(

@@ -30,7 +30,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        gatehouse::telemetry::init(gatehouse::config::LogFormat::Pretty);
+        // Kept for the whole test run: the writer thread lives as long as the process.
+        std::mem::forget(gatehouse::telemetry::init(gatehouse::config::LogFormat::Pretty));
     }
 }
 
