@@ -50,6 +50,23 @@ fn csrf_ok(cookie: Option<&str>, presented: Option<&str>) -> bool {
     }
 }
 
+/// The checks every form post passes first: our `Origin` (when sent) and
+/// the CSRF token of this browser's cookie. `Some` is the refusal.
+fn refuse_post(state: &AppState, req: &Request, page: &str, csrf: Option<&str>) -> Option<Response> {
+    if foreign_origin(state, req) {
+        return Some(refused_origin());
+    }
+    if !csrf_ok(session_cookie(req), csrf) {
+        tracing::warn!(
+            event = "csrf_refused",
+            page,
+            "form post without a valid CSRF token"
+        );
+        return Some(expired_form());
+    }
+    None
+}
+
 fn secure(state: &AppState) -> bool {
     state.issuer.starts_with("https://")
 }
@@ -310,19 +327,11 @@ pub async fn login_submit(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let now = crate::now();
-    if foreign_origin(state, req) {
-        return refused_origin();
+    if let Some(refused) = refuse_post(state, req, "login", form.csrf_token.as_deref()) {
+        return refused;
     }
-    let cookie = session_cookie(req);
-    if !csrf_ok(cookie, form.csrf_token.as_deref()) {
-        tracing::warn!(
-            event = "csrf_refused",
-            page = "login",
-            "login form without a valid CSRF token"
-        );
-        return expired_form();
-    }
-    let Some(cookie) = cookie else {
+    // A valid CSRF token means there is a cookie.
+    let Some(cookie) = session_cookie(req) else {
         return expired_form();
     };
     let request = if form.request.is_empty() {
@@ -458,16 +467,8 @@ pub async fn consent_submit(
     Form(form): Form<ConsentForm>,
 ) -> Response {
     let now = crate::now();
-    if foreign_origin(state, req) {
-        return refused_origin();
-    }
-    if !csrf_ok(session_cookie(req), form.csrf_token.as_deref()) {
-        tracing::warn!(
-            event = "csrf_refused",
-            page = "consent",
-            "consent form without a valid CSRF token"
-        );
-        return expired_form();
+    if let Some(refused) = refuse_post(state, req, "consent", form.csrf_token.as_deref()) {
+        return refused;
     }
     let request = match authorize::parse_request(state, &form.request).await {
         Ok(request) => request,
@@ -624,16 +625,8 @@ pub async fn logout_submit(
     Form(form): Form<LogoutForm>,
 ) -> Response {
     let now = crate::now();
-    if foreign_origin(state, req) {
-        return refused_origin();
-    }
-    if !csrf_ok(session_cookie(req), form.csrf_token.as_deref()) {
-        tracing::warn!(
-            event = "csrf_refused",
-            page = "logout",
-            "logout form without a valid CSRF token"
-        );
-        return expired_form();
+    if let Some(refused) = refuse_post(state, req, "logout", form.csrf_token.as_deref()) {
+        return refused;
     }
     let target = match logout_target(state, &form.request).await {
         Ok(target) => target,
