@@ -17,6 +17,23 @@ pub const REFRESH: &str = "gatehouse_refresh";
 /// `/session/*`: the double-submit CSRF value, readable by the app's script.
 pub const CSRF: &str = "gatehouse_csrf";
 
+/// `Secure` goes on every cookie when the issuer is https.
+pub fn secure(issuer: &str) -> bool {
+    issuer.starts_with("https://")
+}
+
+/// `scheme://host[:port]` of the issuer: the `Origin` a browser sends for
+/// the pages the issuer serves.
+pub fn issuer_origin(issuer: &str) -> &str {
+    match issuer.find("://") {
+        Some(i) => {
+            let rest = &issuer[i + 3..];
+            &issuer[..i + 3 + rest.find('/').unwrap_or(rest.len())]
+        }
+        None => issuer,
+    }
+}
+
 /// The value of cookie `name`, if the request sent exactly one, non-empty.
 pub fn read<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
     let mut found = None;
@@ -109,6 +126,15 @@ mod tests {
             .header("cookie", "gatehouse_session=evil")
             .finish();
         assert_eq!(read(&twice, SESSION), None);
+    }
+
+    #[test]
+    fn the_issuer_origin_drops_the_path() {
+        assert_eq!(
+            issuer_origin("https://id.example.com/tenant"),
+            "https://id.example.com"
+        );
+        assert_eq!(issuer_origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 
     #[test]

@@ -138,12 +138,7 @@ pub(crate) fn foreign_origin(state: &AppState, req: &Request) -> bool {
     if origin == "null" {
         return false;
     }
-    let issuer = &state.issuer;
-    let ours = issuer.find("://").map_or(issuer.as_str(), |i| {
-        let rest = &issuer[i + 3..];
-        &issuer[..i + 3 + rest.find('/').unwrap_or(rest.len())]
-    });
-    origin != ours
+    !origin.eq_ignore_ascii_case(super::cookies::issuer_origin(&state.issuer))
 }
 
 pub(crate) fn refused_origin() -> Response {

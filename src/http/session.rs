@@ -119,6 +119,9 @@ pub enum LoginResponse {
     /// Something failed on our side; nothing is revealed.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
+    /// The database is out of reach for a moment (`unavailable`); try again.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
 }
 
 /// The answers of `POST /session/refresh`.
@@ -157,6 +160,9 @@ pub enum RefreshResponse {
     /// Something failed on our side; nothing is revealed.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
+    /// The database is out of reach for a moment (`unavailable`); try again.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
 }
 
 /// The answers of `POST /session/logout`.
@@ -185,6 +191,9 @@ pub enum LogoutResponse {
     /// Something failed on our side; nothing is revealed.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
+    /// The database is out of reach for a moment (`unavailable`); try again.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
 }
 
 /// An answer of ours with its `Set-Cookie` lines (poem-openapi writes one
@@ -233,35 +242,48 @@ fn problem(status: StatusCode, code: &str, title: &str) -> Json<Problem> {
     Json(Problem::new(status, code, title))
 }
 
-fn internal() -> Json<Problem> {
-    problem(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "Internal server error",
-    )
+/// A failure on our side, logged: 503 while the database is out of reach
+/// (the next try may work), 500 otherwise; nothing is revealed.
+enum Failure {
+    Unavailable(Json<Problem>),
+    Internal(Json<Problem>),
 }
 
-fn log_internal(e: &Error) {
-    if let Error::Internal(e) = e {
-        tracing::error!(error = %format!("{e:#}"), "cookie session");
+fn failure(e: &Error) -> Failure {
+    let unavailable = match e {
+        Error::Internal(inner) => super::pages::log_failure("session", inner),
+        other => super::pages::log_failure("session", &anyhow::anyhow!("unexpected: {other:?}")),
+    };
+    if unavailable {
+        Failure::Unavailable(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        ))
     } else {
-        tracing::error!(error = ?e, "cookie session: unexpected error");
+        Failure::Internal(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+        ))
     }
 }
+
+macro_rules! failure_into {
+    ($($answer:ident),*) => {$(
+        impl From<Failure> for $answer {
+            fn from(f: Failure) -> $answer {
+                match f {
+                    Failure::Unavailable(p) => $answer::Unavailable(p),
+                    Failure::Internal(p) => $answer::Internal(p),
+                }
+            }
+        }
+    )*};
+}
+failure_into!(LoginResponse, RefreshResponse, LogoutResponse);
 
 // ---------------------------------------------------------------- guards
-
-/// `scheme://host[:port]` of the issuer: what a browser sends as `Origin`
-/// for a page the issuer serves.
-fn issuer_origin(issuer: &str) -> &str {
-    match issuer.find("://") {
-        Some(i) => {
-            let rest = &issuer[i + 3..];
-            &issuer[..i + 3 + rest.find('/').unwrap_or(rest.len())]
-        }
-        None => issuer,
-    }
-}
 
 /// The request's `Origin` is the issuer's or one configured in
 /// `GATEHOUSE_CORS_ORIGINS`. Absent and `null` are refused.
@@ -274,7 +296,7 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
         return false;
     };
     origin != "null"
-        && (origin.eq_ignore_ascii_case(issuer_origin(&state.issuer))
+        && (origin.eq_ignore_ascii_case(cookies::issuer_origin(&state.issuer))
             || state.settings.cors_origins.iter().any(|o| o == origin))
 }
 
@@ -377,7 +399,7 @@ fn specs(access_age: Option<i64>, refresh_age: Option<i64>) -> [CookieSpec<'stat
 }
 
 fn secure(state: &AppState) -> bool {
-    state.issuer.starts_with("https://")
+    cookies::secure(&state.issuer)
 }
 
 /// The three cookies of a new or rotated session, and its body.
@@ -463,10 +485,7 @@ fn login_error(e: Error) -> LoginResponse {
             problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
             retry_after.max(1),
         ),
-        e => {
-            log_internal(&e);
-            LoginResponse::Internal(internal())
-        }
+        e => failure(&e).into(),
     }
 }
 
@@ -539,7 +558,8 @@ impl SessionApi {
         // The chain this browser held before is unreachable once its cookie
         // is overwritten: end it rather than leave it live.
         if let Err(e) = end_cookie_session(state, cookies::read(req, cookies::REFRESH), None, now).await {
-            log_internal(&e);
+            // Logged; the new session stands regardless.
+            let _ = failure(&e);
         }
         let refresh_lives = state
             .settings
@@ -579,17 +599,11 @@ impl SessionApi {
             match cookie_session_refresh(state, SecretString::from(refresh.to_owned()), now).await {
                 Ok(rotated) => rotated,
                 Err(Error::OAuth { .. }) => return session_ended(state),
-                Err(e) => {
-                    log_internal(&e);
-                    return WithCookies::bare(RefreshResponse::Internal(internal()));
-                }
+                Err(e) => return WithCookies::bare(failure(&e).into()),
             };
         match session_cookies(state, &grant, lives) {
             Ok((cookies, body)) => WithCookies::new(RefreshResponse::Ok(Json(body)), cookies),
-            Err(e) => {
-                log_internal(&e);
-                WithCookies::bare(RefreshResponse::Internal(internal()))
-            }
+            Err(e) => WithCookies::bare(failure(&e).into()),
         }
     }
 
@@ -620,10 +634,7 @@ impl SessionApi {
         .await;
         match ended {
             Ok(()) => WithCookies::new(LogoutResponse::Done, cleared(state)),
-            Err(e) => {
-                log_internal(&e);
-                WithCookies::bare(LogoutResponse::Internal(internal()))
-            }
+            Err(e) => WithCookies::bare(failure(&e).into()),
         }
     }
 }
@@ -631,15 +642,6 @@ impl SessionApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn issuer_origin_drops_the_path() {
-        assert_eq!(
-            issuer_origin("https://id.example.com/tenant"),
-            "https://id.example.com"
-        );
-        assert_eq!(issuer_origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
-    }
 
     #[test]
     fn csrf_needs_header_and_cookie_equal() {

@@ -68,7 +68,7 @@ fn refuse_post(state: &AppState, req: &Request, page: &str, csrf: Option<&str>) 
 }
 
 fn secure(state: &AppState) -> bool {
-    state.issuer.starts_with("https://")
+    cookies::secure(&state.issuer)
 }
 
 /// The cookie the browser sent, when it is one of ours in shape.

@@ -417,6 +417,9 @@ async fn while_postgres_is_unreachable_requests_fail_fast_with_503_and_recover_w
     let port = proxy.port;
     let app = TestApp::spawn_with(move |c| c.database_url = via_port(&c.database_url, port)).await;
     let web = app.web_client().await;
+    let first_party = app
+        .create_client(&["--grant", "refresh_token", "--first-party", "--public"])
+        .await;
     app.create_user("ada@example.com").await;
     let login = app.login(&web, "ada@example.com", None).await;
     let at = login["access_token"].as_str().unwrap().to_owned();
@@ -472,6 +475,18 @@ async fn while_postgres_is_unreachable_requests_fail_fast_with_503_and_recover_w
             (
                 "profile",
                 app.http.get(app.url("/accounts/me")).bearer_auth(&at),
+                problem,
+            ),
+            (
+                "cookie session",
+                app.http
+                    .post(app.url("/session/login"))
+                    .header("origin", app.base.as_str())
+                    .json(&serde_json::json!({
+                        "email": "ada@example.com",
+                        "password": PASSWORD,
+                        "client_id": first_party.id,
+                    })),
                 problem,
             ),
         ];
