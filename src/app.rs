@@ -47,6 +47,8 @@ pub struct StateInner {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Wrong client secrets per client (SPEC §10), in memory.
     pub secret_failures: crate::oauth::SecretFailureBudget,
+    /// Clients for the token endpoints, dropped when any client changes.
+    pub clients: crate::store::client_cache::ClientCache,
 }
 
 /// Everything a request may need; cheap to clone.
@@ -269,6 +271,7 @@ impl Application {
                     <Apis as poem_openapi::OpenApi>::meta(),
                 )),
                 secret_failures: crate::oauth::SecretFailureBudget::new(),
+                clients: crate::store::client_cache::ClientCache::new(),
             })),
         })
     }
@@ -323,7 +326,6 @@ impl Application {
     }
 }
 
-/// Picks up `keys rotate` / `keys retire` from any instance, once a second.
 /// Deletes dead rows at start and every ten minutes (SPEC §2: bounded storage).
 async fn prune_regularly(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -338,6 +340,8 @@ async fn prune_regularly(state: AppState) {
     }
 }
 
+/// Picks up `keys rotate` / `keys retire` and client changes from any
+/// instance or the CLI, once a second.
 async fn reload_keys(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -345,6 +349,11 @@ async fn reload_keys(state: AppState) {
         tick.tick().await;
         if let Err(e) = state.keys.reload(&state.db, crate::now()).await {
             tracing::warn!("reloading keys failed: {e:#}");
+        }
+        if let Err(e) = state.clients.follow(&state.db).await {
+            // Without news of changes, nothing cached can be trusted.
+            state.clients.invalidate();
+            tracing::warn!("checking for client changes failed: {e:#}");
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod account_token;
 pub mod browser;
 pub mod client;
+pub mod client_cache;
 pub mod key;
 pub mod login_attempt;
 pub mod mail;
@@ -203,12 +204,18 @@ impl Db {
         &self.pool
     }
 
-    /// Opens a write transaction (`BEGIN IMMEDIATE` on SQLite).
-    pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
-        let guard = match &self.write_lock {
+    /// On SQLite, waits for this process's write lock; for a single write
+    /// statement run outside a transaction. `None` on PostgreSQL.
+    pub async fn writer(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    /// Opens a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub async fn begin_write(&self) -> anyhow::Result<WriteTx> {
+        let guard = self.writer().await;
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,

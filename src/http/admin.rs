@@ -400,6 +400,7 @@ impl AdminApi {
             first_party: body.first_party,
         };
         let client = admin::update_client(&state.db, &id.0, spec).await?;
+        state.clients.invalidate();
         Ok(ClientResponse::Ok(Json(ClientBody::new(&client, None))))
     }
 
@@ -417,6 +418,7 @@ impl AdminApi {
     ) -> Answer<DeletedResponse> {
         signed_in_admin(state, auth).await?;
         admin::delete_client(&state.db, &id.0).await?;
+        state.clients.invalidate();
         Ok(DeletedResponse::Deleted)
     }
 
@@ -434,6 +436,7 @@ impl AdminApi {
     ) -> Answer<SecretResponse> {
         signed_in_admin(state, auth).await?;
         let secret = admin::rotate_client_secret(&state.db, &id.0).await?;
+        state.clients.invalidate();
         Ok(SecretResponse::Ok(Json(SecretBody {
             client_id: id.0,
             client_secret: secret.expose().to_owned(),

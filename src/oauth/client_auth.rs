@@ -3,6 +3,7 @@
 //! and the per-client failure budget for wrong secrets (SPEC §10).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::app::AppState;
 use crate::error::{Challenge, Error, OAuthCode};
-use crate::store::client::{Client, find_client};
+use crate::store::client::Client;
 use crate::tokens::TokenDigest;
 
 /// What the request carried, before any check.
@@ -28,7 +29,7 @@ pub struct ClientCredentials {
 
 /// Authenticates the client; every failure is `invalid_client`, with a
 /// `Basic` challenge when Basic was used.
-pub async fn authenticate_client(state: &AppState, creds: ClientCredentials) -> Result<Client, Error> {
+pub async fn authenticate_client(state: &AppState, creds: ClientCredentials) -> Result<Arc<Client>, Error> {
     let challenge = if creds.basic.is_some() {
         Challenge::Basic
     } else {
@@ -53,7 +54,7 @@ pub async fn authenticate_client(state: &AppState, creds: ClientCredentials) -> 
     if uuid::Uuid::try_parse(&id).is_err() {
         return Err(Error::invalid_client(challenge));
     }
-    let Some(client) = find_client(state.db.pool(), &id).await? else {
+    let Some(client) = state.clients.find(&state.db, &id).await? else {
         return Err(Error::invalid_client(challenge));
     };
     match (&client.secret_digest, secret) {

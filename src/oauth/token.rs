@@ -16,8 +16,8 @@ use crate::store::client::Client;
 use crate::store::login_attempt::clear_login_attempts;
 use crate::store::revocation::insert_revoked_access_token;
 use crate::store::session::{
-    NewSession, consume_refresh_token, find_refresh_token, insert_refresh_token, insert_session,
-    revoke_session,
+    NewSession, RefreshGrantRow, find_refresh_grant, find_refresh_token, insert_refresh_token,
+    insert_session, revoke_session, rotate_refresh_token,
 };
 use crate::store::user::{UserRow, find_user};
 use crate::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, ID_TOKEN_TYP, IdClaims, encode};
@@ -246,8 +246,9 @@ async fn refresh_grant(
         return Err(Error::invalid_grant());
     }
     let digest = TokenDigest::of(presented);
-    let mut tx = state.db.begin_write().await?;
-    let Some(row) = find_refresh_token(tx.conn(), &digest).await? else {
+    // Read outside the write lock; the rotation below decides atomically.
+    let Some(RefreshGrantRow { token: row, user }) = find_refresh_grant(state.db.pool(), &digest).await?
+    else {
         return Err(Error::invalid_grant());
     };
     // Bound to its client (RFC 6749 §6); another client's attempt consumes nothing.
@@ -256,19 +257,11 @@ async fn refresh_grant(
     }
     if row.used_at.is_some() {
         // RFC 9700 §4.14.2: reuse ends the whole chain, committed before we answer.
-        revoke_session(tx.conn(), &row.session_id, now).await?;
-        tx.commit().await?;
-        tracing::warn!(event = "refresh_reuse_detected", sid = %row.session_id, "used refresh token presented again");
-        state.metrics.refresh_reuse_detected();
+        return Err(reuse_detected(state, &row.session_id, now, "used refresh token presented again").await);
+    }
+    if !row.is_live(now) || !user.is_active() {
         return Err(Error::invalid_grant());
     }
-    if !row.is_live(now) {
-        return Err(Error::invalid_grant());
-    }
-    let user = match find_user(tx.conn(), &row.user_id).await? {
-        Some(user) if user.is_active() => user,
-        _ => return Err(Error::invalid_grant()),
-    };
     let granted = Scope::parse(&row.scope).map_err(|e| anyhow::anyhow!("stored scope: {e}"))?;
     // RFC 6749 §6: may narrow, never widen; the new refresh token keeps the original scope.
     let scope = match requested {
@@ -281,18 +274,13 @@ async fn refresh_grant(
             ));
         }
     };
-    if !consume_refresh_token(tx.conn(), &digest, now).await? {
-        // Another request consumed it first: that is reuse too.
-        revoke_session(tx.conn(), &row.session_id, now).await?;
-        tx.commit().await?;
-        tracing::warn!(event = "refresh_reuse_detected", sid = %row.session_id, "concurrent refresh of one token");
-        state.metrics.refresh_reuse_detected();
-        return Err(Error::invalid_grant());
-    }
     let next = OpaqueToken::generate(TokenKind::RefreshToken);
     let expires = (now + state.settings.refresh_token_ttl).min(row.session_expires_at);
-    insert_refresh_token(tx.conn(), &next.digest(), &row.session_id, now, expires).await?;
-    tx.commit().await?;
+    if !rotate_refresh_token(&state.db, &digest, &next.digest(), now, expires).await? {
+        // Another request rotated it first (that is reuse too), or the chain
+        // ended since it was read (then ending it again changes nothing).
+        return Err(reuse_detected(state, &row.session_id, now, "concurrent refresh of one token").await);
+    }
     issue_for_user(
         state,
         client,
@@ -306,6 +294,22 @@ async fn refresh_grant(
         now,
         Some(next),
     )
+}
+
+/// Ends the chain a reused refresh token belongs to, then answers
+/// `invalid_grant`; a failure to end it is the answer instead.
+async fn reuse_detected(state: &AppState, session_id: &str, now: i64, what: &'static str) -> Error {
+    let ended = async {
+        let mut tx = state.db.begin_write().await?;
+        revoke_session(tx.conn(), session_id, now).await?;
+        tx.commit().await
+    };
+    if let Err(e) = ended.await {
+        return e.into();
+    }
+    tracing::warn!(event = "refresh_reuse_detected", sid = %session_id, "{what}");
+    state.metrics.refresh_reuse_detected();
+    Error::invalid_grant()
 }
 
 /// RFC 6749 §4.1.3 with RFC 7636 §4.6: the code is used up by the first

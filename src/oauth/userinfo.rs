@@ -2,7 +2,6 @@
 
 use crate::app::AppState;
 use crate::error::Error;
-use crate::store::client::find_client;
 use crate::store::revocation::is_access_token_revoked;
 use crate::store::user::{TokenHolder, UserRow, find_token_holder};
 use crate::tokens::jwt::{AccessClaims, verify_access_token};
@@ -36,7 +35,7 @@ pub async fn check_access_token(
                 return Err(Error::invalid_token());
             }
             // A client's own token dies with the client.
-            if find_client(state.db.pool(), &claims.client_id).await?.is_none() {
+            if state.clients.find(&state.db, &claims.client_id).await?.is_none() {
                 return Err(Error::invalid_token());
             }
             Ok((claims, None))

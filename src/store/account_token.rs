@@ -21,7 +21,7 @@ impl Purpose {
     }
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_account_token<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -45,7 +45,7 @@ pub async fn insert_account_token<'e>(
 }
 
 /// Uses a live token once; returns its user, or `None` if unknown, used or expired.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn consume_account_token<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -66,7 +66,7 @@ pub async fn consume_account_token<'e>(
 }
 
 /// Ends every outstanding token of a user for one purpose.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn expire_account_tokens<'e>(
     ex: impl Executor<'e, Database = Any>,
     user_id: &str,
@@ -86,7 +86,7 @@ pub async fn expire_account_tokens<'e>(
 }
 
 /// The user of a live token, without using it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_live_account_token<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,

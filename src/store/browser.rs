@@ -15,7 +15,7 @@ pub struct BrowserSession {
     pub expires_at: i64,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_browser_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     session: &BrowserSession,
@@ -36,7 +36,7 @@ pub async fn insert_browser_session<'e>(
 }
 
 /// The live session behind a cookie: not ended, not expired, its user active.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_browser_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -55,7 +55,7 @@ pub async fn find_browser_session<'e>(
 }
 
 /// A live browser session by its id (the `sid`).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_live_browser_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -73,7 +73,7 @@ pub async fn find_live_browser_session<'e>(
 }
 
 /// Ends a browser session and every refresh chain started through it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn end_browser_session(ex: &mut sqlx::AnyConnection, id: &str, now: i64) -> anyhow::Result<()> {
     sqlx::query("update browser_session set ended_at = $1 where id = $2 and ended_at is null")
         .bind(now)
@@ -121,7 +121,7 @@ pub struct NewCode<'a> {
     pub expires_at: i64,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_code<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -147,7 +147,7 @@ pub async fn insert_code<'e>(
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_code<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -164,7 +164,7 @@ pub async fn find_code<'e>(
 }
 
 /// Marks a code used: true for exactly one caller, however many race.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn consume_code<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -181,7 +181,7 @@ pub async fn consume_code<'e>(
 }
 
 /// Records what an exchange issued, so that a replay can revoke it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn record_code_issue<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -204,7 +204,7 @@ pub async fn record_code_issue<'e>(
 }
 
 /// The scope a user approved for a client, if any.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_consent<'e>(
     ex: impl Executor<'e, Database = Any>,
     user_id: &str,
@@ -221,7 +221,7 @@ pub async fn find_consent<'e>(
 }
 
 /// Stores (or widens) the scope a user approved for a client.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn save_consent<'e>(
     ex: impl Executor<'e, Database = Any>,
     user_id: &str,

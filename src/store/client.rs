@@ -108,7 +108,7 @@ impl TryFrom<ClientRow> for Client {
 const COLUMNS: &str = "id, name, secret_digest, grant_types, scopes, created_at, redirect_uris, \
                        post_logout_redirect_uris, first_party";
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_client<'e>(ex: impl Executor<'e, Database = Any>, client: &Client) -> anyhow::Result<()> {
     let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
     sqlx::query(
@@ -130,7 +130,7 @@ pub async fn insert_client<'e>(ex: impl Executor<'e, Database = Any>, client: &C
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_client<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -143,7 +143,7 @@ pub async fn find_client<'e>(
     row.map(Client::try_from).transpose()
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_clients<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Result<Vec<Client>> {
     let rows: Vec<ClientRow> =
         sqlx::query_as(&format!("select {COLUMNS} from client order by created_at, id"))
@@ -154,7 +154,7 @@ pub async fn list_clients<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::
 }
 
 /// Deletes a client; its sessions and refresh tokens go with it. False if absent.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_client<'e>(ex: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("delete from client where id = $1")
         .bind(id)
@@ -165,7 +165,7 @@ pub async fn delete_client<'e>(ex: impl Executor<'e, Database = Any>, id: &str) 
 }
 
 /// Replaces a confidential client's secret. False if absent or public.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update_client_secret<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -182,7 +182,7 @@ pub async fn update_client_secret<'e>(
 }
 
 /// Replaces a client's name, grants, scopes, URIs and first-party flag. False if absent.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update_client<'e>(
     ex: impl Executor<'e, Database = Any>,
     client: &Client,

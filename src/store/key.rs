@@ -11,7 +11,7 @@ pub struct KeyRow {
     pub retired_at: Option<i64>,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_keys<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Result<Vec<KeyRow>> {
     sqlx::query_as("select kid, created_at, signs_from, retired_at from signing_key order by signs_from, kid")
         .fetch_all(ex)
@@ -19,7 +19,7 @@ pub async fn list_keys<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Res
         .context("select signing keys")
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_key<'e>(ex: impl Executor<'e, Database = Any>, row: &KeyRow) -> anyhow::Result<()> {
     sqlx::query(
         "insert into signing_key (kid, created_at, signs_from, retired_at) values ($1, $2, $3, $4) \
@@ -35,7 +35,7 @@ pub async fn insert_key<'e>(ex: impl Executor<'e, Database = Any>, row: &KeyRow)
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn retire_key<'e>(
     ex: impl Executor<'e, Database = Any>,
     kid: &str,

@@ -58,7 +58,7 @@ pub fn backoff_seconds(failures: i64, after: u32) -> i64 {
 /// and sets the back-off it earns should it fail. Run it in a write
 /// transaction; on PostgreSQL the upsert locks the row until commit, on
 /// SQLite the write transaction holds the whole database.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn begin_login_attempt(
     conn: &mut AnyConnection,
     username: &TokenDigest,
@@ -100,7 +100,7 @@ pub async fn begin_login_attempt(
 }
 
 /// A successful login: the username starts again from zero.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn clear_login_attempts<'e>(
     ex: impl Executor<'e, Database = Any>,
     username: &TokenDigest,

@@ -17,7 +17,7 @@ pub struct NewMail<'a> {
     pub expires_at: i64,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_mail<'e>(
     ex: impl Executor<'e, Database = Any>,
     mail: &NewMail<'_>,
@@ -54,7 +54,7 @@ pub struct ClaimedMailRow {
 
 /// Ids of messages due for an attempt at `now`, oldest due first. Reading them
 /// claims nothing: [`claim_mail`] decides who sends each one.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn select_due_mail<'e>(
     ex: impl Executor<'e, Database = Any>,
     now: i64,
@@ -76,7 +76,7 @@ pub async fn select_due_mail<'e>(
 /// Leases message `id` until `lease_until` and counts the attempt, if it is
 /// still due and nobody else holds it. One conditional UPDATE, so of several
 /// instances sharing the database exactly one gets the row.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn claim_mail<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -98,7 +98,7 @@ pub async fn claim_mail<'e>(
 }
 
 /// Records a delivery and deletes the bodies (SPEC §2: they may hold a link).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn mark_mail_sent<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -117,7 +117,7 @@ pub async fn mark_mail_sent<'e>(
 }
 
 /// Releases the lease after a failed attempt and schedules the next one.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn defer_mail<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -138,7 +138,7 @@ pub async fn defer_mail<'e>(
 
 /// Gives up on a message that can never be sent (e.g. an address lettre
 /// cannot parse): its bodies go, the error stays for the operator.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn abandon_mail<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -159,7 +159,7 @@ pub async fn abandon_mail<'e>(
 /// Deletes the bodies of unsent messages whose token has expired (SPEC §2),
 /// and forgets messages (sent or not) whose token expired before `forget_before`.
 /// Returns the number of bodies cleared.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn purge_expired_mail(
     conn: &mut sqlx::AnyConnection,
     now: i64,
@@ -183,7 +183,7 @@ pub async fn purge_expired_mail(
 }
 
 /// Messages still to be sent: unsent, with their bodies, link not yet expired.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn count_queued_mail<'e>(ex: impl Executor<'e, Database = Any>, now: i64) -> anyhow::Result<i64> {
     let (count,): (i64,) = sqlx::query_as(
         "select count(*) from mail_message where sent_at is null and body_text is not null and expires_at > $1",

@@ -56,7 +56,7 @@ const STATEMENTS: [(&str, &str); 7] = [
 ];
 
 /// Deletes everything prunable at `now`; returns how many rows went.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune(db: &Db, now: i64) -> anyhow::Result<u64> {
     let mut total = 0;
     for (what, sql) in STATEMENTS {

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sqlx::{Any, Executor};
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_revoked_access_token<'e>(
     ex: impl Executor<'e, Database = Any>,
     jti: &str,
@@ -21,7 +21,7 @@ pub async fn insert_revoked_access_token<'e>(
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn is_access_token_revoked<'e>(
     ex: impl Executor<'e, Database = Any>,
     jti: &str,

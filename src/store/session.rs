@@ -3,6 +3,8 @@
 use anyhow::Context;
 use sqlx::{Any, Executor, FromRow};
 
+use crate::store::user::UserRow;
+use crate::store::{Backend, Db};
 use crate::tokens::TokenDigest;
 
 #[derive(Debug, Clone)]
@@ -50,7 +52,7 @@ impl RefreshRow {
 }
 
 /// Starts a login; false if its user or client no longer exists.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     s: &NewSession<'_>,
@@ -77,7 +79,7 @@ pub async fn insert_session<'e>(
     .context("insert session")
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_refresh_token<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -98,7 +100,7 @@ pub async fn insert_refresh_token<'e>(
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_refresh_token<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
@@ -114,24 +116,84 @@ pub async fn find_refresh_token<'e>(
     .context("select refresh token")
 }
 
-/// Consumes a refresh token: true for exactly one caller, however many race.
-#[tracing::instrument(skip_all)]
-pub async fn consume_refresh_token<'e>(
+/// A refresh token, its login and its user, as the refresh grant needs them.
+#[derive(Debug, Clone, FromRow)]
+pub struct RefreshGrantRow {
+    #[sqlx(flatten)]
+    pub token: RefreshRow,
+    #[sqlx(flatten)]
+    pub user: UserRow,
+}
+
+/// Reads what a refresh needs in one query, outside any write lock: the
+/// decision is made again, atomically, by [`rotate_refresh_token`].
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn find_refresh_grant<'e>(
     ex: impl Executor<'e, Database = Any>,
     digest: &TokenDigest,
-    now: i64,
-) -> anyhow::Result<bool> {
-    let done = sqlx::query("update refresh_token set used_at = $1 where digest = $2 and used_at is null")
-        .bind(now)
+) -> anyhow::Result<Option<RefreshGrantRow>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "select r.session_id, r.issued_at, r.expires_at, r.used_at, s.user_id, s.client_id, s.scope, \
+             s.auth_time, s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id, {} \
+             from refresh_token r join login_session s on s.id = r.session_id \
+             join user_account u on u.id = s.user_id where r.digest = $1",
+            crate::store::user::qualified_columns("u")
+        )
+    });
+    sqlx::query_as(SQL.as_str())
         .bind(digest.as_bytes().to_vec())
-        .execute(ex)
+        .fetch_optional(ex)
         .await
-        .context("consume refresh token")?;
+        .context("select refresh grant")
+}
+
+/// Rotates a refresh token in one statement: inserts `next` (expiring at
+/// `expires_at`) and consumes `used`, only while `used` is unconsumed and its
+/// chain not ended. True for exactly one caller, however many race; false
+/// means the token was used or its chain ended meanwhile.
+///
+/// PostgreSQL: a CTE whose `update` takes the row lock, so a racing rotation
+/// waits, then sees the token used. SQLite: an insert-select under this
+/// process's write lock; the `refresh_token_rotated` trigger consumes the
+/// parent within the same statement.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn rotate_refresh_token(
+    db: &Db,
+    used: &TokenDigest,
+    next: &TokenDigest,
+    now: i64,
+    expires_at: i64,
+) -> anyhow::Result<bool> {
+    let sql = match db.backend() {
+        Backend::Postgres => {
+            "with used as (update refresh_token r set used_at = $1 from login_session s \
+             where r.digest = $2 and r.used_at is null and s.id = r.session_id and s.revoked_at is null \
+             returning r.session_id) \
+             insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
+             select $3, session_id, $1, $4, $2 from used"
+        }
+        Backend::Sqlite => {
+            "insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
+             select $3, r.session_id, $1, $4, r.digest from refresh_token r \
+             join login_session s on s.id = r.session_id \
+             where r.digest = $2 and r.used_at is null and s.revoked_at is null"
+        }
+    };
+    let _writer = db.writer().await;
+    let done = sqlx::query(sql)
+        .bind(now)
+        .bind(used.as_bytes().to_vec())
+        .bind(next.as_bytes().to_vec())
+        .bind(expires_at)
+        .execute(db.pool())
+        .await
+        .context("rotate refresh token")?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Ends one login: its refresh chain and the access tokens carrying its `sid`.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -147,7 +209,7 @@ pub async fn revoke_session<'e>(
 }
 
 /// Ends every login of a user, browser sessions included.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_user_sessions(
     ex: &mut sqlx::AnyConnection,
     user_id: &str,
@@ -172,7 +234,7 @@ pub async fn revoke_user_sessions(
 
 /// Ends every login of a user but one (the caller's own, by `sid`: a login,
 /// or a browser session with its chains).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn revoke_user_sessions_except(
     ex: &mut sqlx::AnyConnection,
     user_id: &str,

@@ -33,8 +33,17 @@ impl UserRow {
 const COLUMNS: &str =
     "id, email, email_lower, password_hash, name, roles, email_verified_at, disabled_at, created_at";
 
+/// [`UserRow`]'s columns, each prefixed with `alias.`, for joins.
+pub fn qualified_columns(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Inserts a user; false when the e-mail address is already taken.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserRow) -> anyhow::Result<bool> {
     sqlx::query(
         "insert into user_account (id, email, email_lower, password_hash, name, roles, \
@@ -60,7 +69,7 @@ pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserR
     .context("insert user")
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_user_by_email<'e>(
     ex: impl Executor<'e, Database = Any>,
     email_lower: &str,
@@ -74,7 +83,7 @@ pub async fn find_user_by_email<'e>(
     .context("select user by email")
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_user<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -89,7 +98,7 @@ pub async fn find_user<'e>(
 /// The user behind a user's access token, in one round trip: the token's
 /// `jti` not revoked, its login (or, for a browser session's `sid`, this
 /// client's chain in it) live, the user present and not disabled.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_token_holder<'e>(
     ex: impl Executor<'e, Database = Any>,
     token: &TokenHolder<'_>,
@@ -124,7 +133,7 @@ pub struct TokenHolder<'a> {
     pub client_id: &'a str,
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_users<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Result<Vec<UserRow>> {
     sqlx::query_as(&format!(
         "select {COLUMNS} from user_account order by created_at, id"
@@ -134,7 +143,7 @@ pub async fn list_users<'e>(ex: impl Executor<'e, Database = Any>) -> anyhow::Re
     .context("select users")
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update_user_password_hash<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -149,7 +158,7 @@ pub async fn update_user_password_hash<'e>(
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update_user_name<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -164,7 +173,7 @@ pub async fn update_user_name<'e>(
     Ok(())
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn mark_email_verified<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -180,7 +189,7 @@ pub async fn mark_email_verified<'e>(
 }
 
 /// Deletes a user; sessions, refresh tokens, mailed tokens and queued mail go with it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_user<'e>(ex: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("delete from user_account where id = $1")
         .bind(id)
@@ -191,7 +200,7 @@ pub async fn delete_user<'e>(ex: impl Executor<'e, Database = Any>, id: &str) ->
 }
 
 /// Sets or clears `disabled_at`; false if there is no such user.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn set_user_disabled<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -206,7 +215,7 @@ pub async fn set_user_disabled<'e>(
     Ok(done.rows_affected() == 1)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn update_user_roles<'e>(
     ex: impl Executor<'e, Database = Any>,
     id: &str,
@@ -222,7 +231,7 @@ pub async fn update_user_roles<'e>(
 }
 
 /// One page of users ordered by id, after `cursor` (an id) when given.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_users_page<'e>(
     ex: impl Executor<'e, Database = Any>,
     cursor: Option<&str>,

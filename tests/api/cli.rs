@@ -137,6 +137,9 @@ async fn the_binary_starts_with_no_configuration_and_stops_on_sigterm() {
 async fn rotating_a_client_secret_retires_the_old_one() {
     let app = TestApp::spawn().await;
     let api = app.create_client(&["--grant", "client_credentials"]).await;
+    let cc = [("grant_type", "client_credentials")];
+    // The server now holds the client in its cache.
+    assert_eq!(app.token(&api, &cc).await.status(), 200);
 
     let rotated = app.cli(&["clients", "rotate-secret", "--id", &api.id]).await;
     let fresh = TestClient {
@@ -145,12 +148,14 @@ async fn rotating_a_client_secret_retires_the_old_one() {
     };
 
     assert_ne!(fresh.secret, api.secret);
-    assert_eq!(
-        app.token(&api, &[("grant_type", "client_credentials")])
-            .await
-            .status(),
-        401
-    );
+    // Another process changed the client: the server's poll drops its copy
+    // within about a second.
+    let (status, took) = poll_until(Duration::from_secs(3), 401, || async {
+        app.token(&api, &cc).await.status().as_u16()
+    })
+    .await;
+    assert_eq!(status, 401, "the old secret still works after {took:?}");
+    println!("old client secret refused {took:?} after the CLI rotated it");
     assert_eq!(
         app.token(&fresh, &[("grant_type", "client_credentials")])
             .await

@@ -438,6 +438,24 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Asks `probe` every 50 ms until it answers `want` or `within` has passed;
+/// returns its last answer and how long that took. For changes that reach a
+/// running server by its once-a-second poll (clients changed by the CLI).
+pub async fn poll_until<T, F>(within: Duration, want: T, mut probe: impl FnMut() -> F) -> (T, Duration)
+where
+    T: PartialEq,
+    F: std::future::Future<Output = T>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let answer = probe().await;
+        if answer == want || started.elapsed() > within {
+            return (answer, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs `cmd` to its end, or kills it after `within`: exit status (None if
 /// killed), standard error, and how long it ran.
 pub async fn run_bounded(
