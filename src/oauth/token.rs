@@ -247,8 +247,10 @@ async fn refresh_grant(
     }
     let digest = TokenDigest::of(presented);
     // Read outside the write lock; the rotation below decides atomically.
-    let Some(RefreshGrantRow { token: row, user }) = find_refresh_grant(state.db.pool(), &digest).await?
-    else {
+    let mut lane = state.db.lane().await?;
+    let found = state.db.bounded(find_refresh_grant(lane.conn(), &digest)).await?;
+    lane.release();
+    let Some(RefreshGrantRow { token: row, user }) = found else {
         return Err(Error::invalid_grant());
     };
     // Bound to its client (RFC 6749 §6); another client's attempt consumes nothing.

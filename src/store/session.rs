@@ -181,14 +181,17 @@ pub async fn rotate_refresh_token(
         }
     };
     let _writer = db.writer().await;
-    let done = sqlx::query(sql)
+    let mut lane = db.lane().await?;
+    let rotate = sqlx::query(sql)
         .bind(now)
         .bind(used.as_bytes().to_vec())
         .bind(next.as_bytes().to_vec())
         .bind(expires_at)
-        .execute(db.pool())
-        .await
-        .context("rotate refresh token")?;
+        .execute(lane.conn());
+    let done = db
+        .bounded(async { rotate.await.context("rotate refresh token") })
+        .await?;
+    lane.release();
     Ok(done.rows_affected() == 1)
 }
 
