@@ -16,6 +16,7 @@ pub mod login_attempt;
 pub mod mail;
 pub mod prune;
 pub mod revocation;
+pub mod rotation;
 pub mod session;
 pub mod user;
 
@@ -45,6 +46,8 @@ pub struct Db {
     ping_options: Option<AnyConnectOptions>,
     /// Connections for the hot paths, see [`Db::lane`].
     lanes: Arc<Lanes>,
+    /// SQLite only: refresh rotations written in batches.
+    rotations: Option<rotation::RotationQueue>,
 }
 
 /// A write transaction; on SQLite it also holds the process's write lock.
@@ -189,12 +192,18 @@ impl Db {
                 Backend::Postgres => POSTGRES_LANES,
             }),
         };
+        let lanes = Arc::new(lanes);
+        let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let rotations = write_lock
+            .as_ref()
+            .map(|lock| rotation::RotationQueue::start(lanes.clone(), lock.clone()));
         Ok(Db {
             pool,
             backend,
-            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            write_lock,
             ping_options,
-            lanes: Arc::new(lanes),
+            lanes,
+            rotations,
         })
     }
 
@@ -267,23 +276,12 @@ impl Db {
     /// [`ACQUIRE_TIMEOUT`] for a lane or a new connection, then fails as the
     /// pool does (`PoolTimedOut`, answered 503).
     pub async fn lane(&self) -> anyhow::Result<Lane<'_>> {
-        let lanes = &*self.lanes;
-        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, lanes.permits.acquire())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or(sqlx::Error::PoolTimedOut)
-            .context("waiting for a database lane")?;
-        let idle = lanes.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => lanes.connect().await.context("opening a database lane")?,
-        };
-        Ok(Lane {
-            lanes,
-            conn: Some(conn),
-            _permit: permit,
-        })
+        self.lanes.lane().await
+    }
+
+    /// SQLite: the queue that writes refresh rotations in batches.
+    pub fn rotations(&self) -> Option<&rotation::RotationQueue> {
+        self.rotations.as_ref()
     }
 
     /// Runs a query made on a [`Lane`]: on PostgreSQL it fails after
@@ -329,6 +327,25 @@ struct Lanes {
 }
 
 impl Lanes {
+    async fn lane(&self) -> anyhow::Result<Lane<'_>> {
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(sqlx::Error::PoolTimedOut)
+            .context("waiting for a database lane")?;
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.connect().await.context("opening a database lane")?,
+        };
+        Ok(Lane {
+            lanes: self,
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+
     async fn connect(&self) -> Result<sqlx::AnyConnection, sqlx::Error> {
         let open = async {
             let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&self.options).await?;

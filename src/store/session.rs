@@ -3,6 +3,7 @@
 use anyhow::Context;
 use sqlx::{Any, Executor, FromRow};
 
+use crate::store::rotation::Rotation;
 use crate::store::user::UserRow;
 use crate::store::{Backend, Db};
 use crate::tokens::TokenDigest;
@@ -156,7 +157,8 @@ pub async fn find_refresh_grant<'e>(
 /// PostgreSQL: a CTE whose `update` takes the row lock, so a racing rotation
 /// waits, then sees the token used. SQLite: an insert-select under this
 /// process's write lock; the `refresh_token_rotated` trigger consumes the
-/// parent within the same statement.
+/// parent within the same statement. On SQLite, concurrent rotations are
+/// written together (`store::rotation`); this statement is the fallback.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate_refresh_token(
     db: &Db,
@@ -165,6 +167,17 @@ pub async fn rotate_refresh_token(
     now: i64,
     expires_at: i64,
 ) -> anyhow::Result<bool> {
+    if let Some(queue) = db.rotations() {
+        let rotation = Rotation {
+            used: used.clone(),
+            next: next.clone(),
+            now,
+            expires_at,
+        };
+        if let Some(rotated) = queue.rotate(rotation).await {
+            return Ok(rotated);
+        }
+    }
     let sql = match db.backend() {
         Backend::Postgres => {
             "with used as (update refresh_token r set used_at = $1 from login_session s \

@@ -227,6 +227,83 @@ async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
     assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 9, "{statuses:?}");
 }
 
+#[tokio::test]
+async fn refreshes_arriving_together_each_rotate_their_own_chain_exactly_once() {
+    // On SQLite, rotations that arrive together are written by one statement:
+    // here one batch mixes single refreshes of distinct chains with three
+    // racing refreshes of one token per chain.
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let mut tokens = Vec::new();
+    for _ in 0..12 {
+        let login = app.login(&client, "ada@example.com", None).await;
+        tokens.push(login["refresh_token"].as_str().unwrap().to_owned());
+    }
+    let raced = |chain: usize| chain % 2 == 0;
+
+    let (app_ref, client_ref) = (&app, &client);
+    let attempts = tokens.iter().enumerate().flat_map(|(chain, rt)| {
+        let tries = if raced(chain) { 3 } else { 1 };
+        (0..tries).map(move |_| {
+            let (app, client) = (app_ref, client_ref);
+            async move {
+                let resp = app.refresh(client, rt).await;
+                let status = resp.status().as_u16();
+                let next = resp.json::<Value>().await.unwrap()["refresh_token"]
+                    .as_str()
+                    .map(str::to_owned);
+                (chain, status, next)
+            }
+        })
+    });
+    let answers = join_all_any(attempts).await;
+
+    for chain in 0..tokens.len() {
+        let of_chain: Vec<_> = answers.iter().filter(|(c, _, _)| *c == chain).collect();
+        let won: Vec<_> = of_chain.iter().filter(|(_, status, _)| *status == 200).collect();
+        assert_eq!(won.len(), 1, "chain {chain}: {of_chain:?}");
+        assert_eq!(
+            of_chain.len() - 1,
+            of_chain.iter().filter(|(_, status, _)| *status == 400).count(),
+            "chain {chain}: {of_chain:?}"
+        );
+        let next = won[0].2.as_deref().unwrap();
+        // The successor is live, unless the race ended the chain (RFC 9700:
+        // a second use of one refresh token is reuse).
+        let expected = if raced(chain) { 400 } else { 200 };
+        assert_eq!(
+            app.refresh(&client, next).await.status(),
+            expected,
+            "chain {chain}"
+        );
+    }
+}
+
+/// [`futures_join_all`] for any output.
+async fn join_all_any<T, F: std::future::Future<Output = T>>(futures: impl Iterator<Item = F>) -> Vec<T> {
+    let mut set: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<T>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 /// Runs futures concurrently on this task, like `futures::future::join_all`.
 async fn futures_join_all<F: std::future::Future<Output = u16>>(
     futures: impl Iterator<Item = F>,
