@@ -240,7 +240,7 @@ async fn refreshes_arriving_together_each_rotate_their_own_chain_exactly_once() 
         let login = app.login(&client, "ada@example.com", None).await;
         tokens.push(login["refresh_token"].as_str().unwrap().to_owned());
     }
-    let raced = |chain: usize| chain % 2 == 0;
+    let raced = |chain: usize| chain.is_multiple_of(2);
 
     let (app_ref, client_ref) = (&app, &client);
     let attempts = tokens.iter().enumerate().flat_map(|(chain, rt)| {
