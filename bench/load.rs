@@ -191,11 +191,16 @@ fn post_form(o: &Options, path: &str, extra: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn basic(o: &Options) -> anyhow::Result<String> {
+fn basic(o: &Options) -> anyhow::Result<&'static str> {
     use base64::Engine as _;
+    // One client per run: encoded once, not per request (the driver shares the cores).
+    static HEADER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(header) = HEADER.get() {
+        return Ok(header);
+    }
     let (id, secret) = o.client.as_ref().context("this workload needs --client")?;
     let creds = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-    Ok(format!("Authorization: Basic {creds}\r\n"))
+    Ok(HEADER.get_or_init(|| format!("Authorization: Basic {creds}\r\n")))
 }
 
 fn form_encode(s: &str) -> String {
@@ -213,7 +218,7 @@ fn password_request(o: &Options, n: usize, scope: &str) -> anyhow::Result<Vec<u8
         form_encode(password),
         form_encode(scope)
     );
-    Ok(post_form(o, "/oauth2/token", &basic(o)?, &body))
+    Ok(post_form(o, "/oauth2/token", basic(o)?, &body))
 }
 
 fn json_field(body: &[u8], field: &str) -> anyhow::Result<String> {
@@ -222,6 +227,20 @@ fn json_field(body: &[u8], field: &str) -> anyhow::Result<String> {
         .and_then(|f| f.as_str())
         .map(str::to_owned)
         .with_context(|| format!("no {field} in {}", String::from_utf8_lossy(body)))
+}
+
+/// The new refresh token of a token answer, read without building a
+/// `Value` of the whole answer (the driver shares the cores with the server).
+fn refresh_token_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Grant<'a> {
+        #[serde(borrow)]
+        refresh_token: Option<&'a str>,
+    }
+    serde_json::from_slice::<Grant<'_>>(body)
+        .ok()?
+        .refresh_token
+        .map(str::to_owned)
 }
 
 /// What one connection saw during the measured window.
@@ -258,7 +277,7 @@ impl Source {
                 Some(token) => Some(post_form(
                     o,
                     "/oauth2/token",
-                    &basic(o)?,
+                    basic(o)?,
                     &format!("grant_type=refresh_token&refresh_token={}", form_encode(token)),
                 )),
             },
@@ -270,7 +289,7 @@ impl Source {
             chains.pop_front();
             if (200..300).contains(&answer.status) {
                 // The chain continues with its new token, at the back.
-                if let Ok(next) = json_field(&answer.body, "refresh_token") {
+                if let Some(next) = refresh_token_of(&answer.body) {
                     chains.push_back(next);
                 }
             }
@@ -442,7 +461,7 @@ async fn run(o: Options) -> anyhow::Result<serde_json::Value> {
             let r = post_form(
                 &o,
                 "/oauth2/token",
-                &basic(&o)?,
+                basic(&o)?,
                 "grant_type=client_credentials&scope=read",
             );
             (0..c).map(|_| Source::Fixed(r.clone())).collect()
@@ -474,7 +493,7 @@ async fn run(o: Options) -> anyhow::Result<serde_json::Value> {
                         post_form(
                             &o,
                             "/oauth2/introspect",
-                            &basic(&o).unwrap_or_default(),
+                            basic(&o).unwrap_or_default(),
                             &format!("token={token}"),
                         )
                     } else {

@@ -141,7 +141,7 @@ async fn respond(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
@@ -188,6 +188,20 @@ async fn respond(
         "request"
     );
     resp
+}
+
+/// An id for a request that brought none. Ids are unique, not secret (they
+/// are echoed and logged), so they are a random per-process prefix and a
+/// counter in UUID form, without a call to the kernel's RNG per request.
+fn new_request_id() -> String {
+    static PREFIX: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&PREFIX.to_be_bytes());
+    bytes[8..].copy_from_slice(&count.to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
 }
 
 /// A server, bound and ready to run.

@@ -155,18 +155,19 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Held to the end of main: every queued log line is written before exit.
-    let _logs = crate::telemetry::init(settings.log_format);
+    let logs = crate::telemetry::init(settings.log_format);
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
-    match execute(
+    let result = execute(
         cli.command.unwrap_or(Command::Serve),
         settings,
         &mut stdin.lock(),
         &mut stdout,
     )
-    .await
-    {
+    .await;
+    // Every buffered log line is written before the outcome's line.
+    drop(logs);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<ConfigError>() {

@@ -1,37 +1,115 @@
 //! Logging with tracing: `pretty` for people, `json` for machines.
 //!
-//! Lines go to stderr through a writer thread that batches them
-//! (tracing-appender, never lossy: a full queue makes the logger wait rather
-//! than drop a line). Requests only format their line; the write(2) happens
-//! off the request path, once per batch.
+//! A request formats its line and appends it to a shared buffer; a writer
+//! thread writes the buffer to stderr every [`FLUSH_EVERY`], in one write(2).
+//! Nothing wakes that thread per line (a wake-up is a futex call and a
+//! context switch, dearer than formatting the line), and nothing is dropped:
+//! a buffer that grows past [`FLUSH_AT`] between two ticks is written out by
+//! the request that filled it. Dropping the [`LogGuard`] writes what is left.
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Keeps the writer thread; dropping it writes out every queued line.
+/// How long a line may wait in the buffer.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// A buffer this large is written out at once, by whoever filled it.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Keeps the writer thread; dropping it writes out every buffered line.
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
-    _writer: Option<WorkerGuard>,
+    writer: Option<(Arc<Batch>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some((batch, thread)) = self.writer.take() {
+            *batch.stopping.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            batch.stop.notify_one();
+            let _ = thread.join();
+            batch.write_out();
+        }
+    }
 }
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default level.
 pub fn init(format: LogFormat) -> LogGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,poem=warn"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("gatehouse-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let batch = Arc::new(Batch::default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(batch.clone());
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if installed.is_err() {
+        return LogGuard { writer: None };
+    }
+    let flusher = batch.clone();
+    let thread = std::thread::Builder::new()
+        .name("gatehouse-log".into())
+        .spawn(move || flusher.run());
     LogGuard {
-        _writer: installed.is_ok().then_some(guard),
+        // Without the thread, lines are still written once FLUSH_AT is reached.
+        writer: thread.ok().map(|t| (batch, t)),
+    }
+}
+
+/// The shared buffer of formatted lines.
+#[derive(Default)]
+struct Batch {
+    lines: Mutex<Vec<u8>>,
+    /// Held while writing to stderr, so batches leave in the order they filled.
+    out: Mutex<()>,
+    stopping: Mutex<bool>,
+    stop: Condvar,
+}
+
+impl Batch {
+    fn run(&self) {
+        let mut stopping = self.stopping.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*stopping {
+            stopping = self
+                .stop
+                .wait_timeout(stopping, FLUSH_EVERY)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            self.write_out();
+        }
+    }
+
+    fn write_out(&self) {
+        let _out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(PoisonError::into_inner));
+        if !lines.is_empty() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(&lines);
+            let _ = stderr.flush();
+        }
+    }
+}
+
+impl Write for &Batch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let full = {
+            let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+            lines.extend_from_slice(buf);
+            lines.len() >= FLUSH_AT
+        };
+        if full {
+            self.write_out();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -1190,3 +1190,67 @@ async fn no_secret_reaches_the_logs_while_every_flow_runs() {
         "the tokens were collected"
     );
 }
+
+#[tokio::test]
+async fn access_lines_reach_the_log_soon_and_none_is_lost_at_shutdown() {
+    // Lines are buffered and written by a thread every few milliseconds;
+    // a burst larger than the buffer and a SIGTERM lose none of them.
+    let app = TestApp::spawn().await;
+    let server = ServerProcess::start(&app, &[("GATEHOUSE_LOG_FORMAT", "json")]).await;
+    let lines_with = |id: &str| {
+        server
+            .output()
+            .lines()
+            .filter(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
+            .count()
+    };
+
+    let started = Instant::now();
+    let resp = server
+        .http
+        .get(server.url("/health"))
+        .header("x-request-id", "soon-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    while lines_with("soon-1") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "no access line within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("access line written {:?} after the request", started.elapsed());
+
+    // About 600 KiB of lines, more than one buffer, then SIGTERM at once.
+    for n in 0..2000 {
+        server
+            .http
+            .get(server.url("/health"))
+            .header("x-request-id", format!("burst-{n}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // "shutting down" is logged after every request line, and written last.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.output().contains("\"message\":\"shutting down\"") {
+        assert!(Instant::now() < deadline, "no shutdown line within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.output();
+    for n in [0, 999, 1999] {
+        assert_eq!(lines_with(&format!("burst-{n}")), 1, "line of burst-{n}");
+    }
+    let burst = log
+        .lines()
+        .filter(|l| l.contains("\"request_id\":\"burst-"))
+        .count();
+    assert_eq!(burst, 2000, "every line of the burst is in the log");
+}
