@@ -192,7 +192,8 @@ async fn respond(
 
 /// An id for a request that brought none. Ids are unique, not secret (they
 /// are echoed and logged), so they are a random per-process prefix and a
-/// counter in UUID form, without a call to the kernel's RNG per request.
+/// counter in UUID form (version 8, custom), without a call to the kernel's
+/// RNG per request.
 fn new_request_id() -> String {
     static PREFIX: std::sync::LazyLock<u64> =
         std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
@@ -201,7 +202,7 @@ fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&PREFIX.to_be_bytes());
     bytes[8..].copy_from_slice(&count.to_be_bytes());
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 /// A server, bound and ready to run.
@@ -361,10 +362,20 @@ async fn reload_keys(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = state.keys.reload(&state.db, crate::now()).await {
+        // Bounded, so a database that stopped answering cannot stall the
+        // loop (the client cache stops trusting itself meanwhile).
+        let reload = tokio::time::timeout(Duration::from_secs(2), state.keys.reload(&state.db, crate::now()));
+        if let Err(e) = reload
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 2 s")))
+        {
             tracing::warn!("reloading keys failed: {e:#}");
         }
-        if let Err(e) = state.clients.follow(&state.db).await {
+        let follow = tokio::time::timeout(Duration::from_secs(2), state.clients.follow(&state.db));
+        if let Err(e) = follow
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 2 s")))
+        {
             // Without news of changes, nothing cached can be trusted.
             state.clients.invalidate();
             tracing::warn!("checking for client changes failed: {e:#}");

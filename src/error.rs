@@ -533,11 +533,12 @@ pub fn database_unavailable(e: &anyhow::Error) -> bool {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed,
         ) => true,
-        // SQLSTATE class 08 (connection exception) and 57P (operator
-        // intervention: shutdown, cannot connect now).
+        // SQLSTATE class 08 (connection exception), 57P (operator
+        // intervention: shutdown, cannot connect now) and 57014 (a lane's
+        // statement_timeout cancelled a query the server was too slow for).
         Some(sqlx::Error::Database(db)) => db
             .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "57014"),
         _ => false,
     })
 }

@@ -5,7 +5,10 @@
 //! opened with `BEGIN IMMEDIATE` (a deferred BEGIN that reads then writes
 //! fails with "database is locked" instead of waiting) and writes of this
 //! process queue on one async mutex, so they never spin on the busy handler;
-//! `busy_timeout` covers other processes such as the CLI.
+//! `busy_timeout` covers other processes such as the CLI. A refresh rotation
+//! is one statement instead (no transaction), and on SQLite concurrent ones
+//! share a statement (`rotation`). The hottest queries run on lanes
+//! ([`Db::lane`]) rather than through the pool.
 
 pub mod account_token;
 pub mod browser;
@@ -42,7 +45,8 @@ pub struct Db {
     backend: Backend,
     /// SQLite only: one writer at a time in this process.
     write_lock: Option<Arc<Mutex<()>>>,
-    /// SQLite only: the same file opened without create, for [`Db::ping`].
+    /// SQLite only: the same file opened without create, for [`Db::ping`]
+    /// (and the lanes).
     ping_options: Option<AnyConnectOptions>,
     /// Connections for the hot paths, see [`Db::lane`].
     lanes: Arc<Lanes>,
@@ -83,9 +87,11 @@ impl DerefMut for WriteTx {
 /// The longest [`Db::ping`] waits for an answer.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// PostgreSQL: the longest a request waits for a connection before it is
-/// answered 503. A server that stopped answering must not hold requests for
-/// the whole request timeout; a healthy pool hands one out in milliseconds.
+/// The longest a request waits for a pooled connection or a lane, for a new
+/// lane's connection, and (PostgreSQL) for a lane query's answer, before it
+/// is answered 503. A server that stopped answering must not hold requests
+/// for the whole request timeout; a healthy pool hands one out in
+/// milliseconds.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `url` without credentials or options, to name the database in a message.
@@ -302,8 +308,10 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        // No lane is handed out any more (`PoolClosed`, answered 503).
+        self.lanes.permits.close();
         let idle = std::mem::take(&mut *self.lanes.idle.lock().unwrap_or_else(PoisonError::into_inner));
-        for conn in idle {
+        for (conn, _) in idle {
             let _ = sqlx::Connection::close(conn).await;
         }
     }
@@ -315,6 +323,13 @@ impl Db {
 const SQLITE_PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
      pragma foreign_keys = on; pragma synchronous = normal; pragma mmap_size = 268435456;";
 
+/// PostgreSQL: set on every lane (milliseconds, = [`ACQUIRE_TIMEOUT`]).
+const POSTGRES_LANE_SETTINGS: &str = "set statement_timeout = 3000";
+
+/// A lane idle longer than this is pinged before it is used again (a
+/// connection dropped by the server or a firewall while it sat unused).
+const LANE_IDLE_PING: Duration = Duration::from_secs(30);
+
 /// Lanes per process: SQLite reads do not gain from more than the cores;
 /// PostgreSQL lanes overlap their round trips.
 const SQLITE_LANES: usize = 4;
@@ -324,20 +339,32 @@ const POSTGRES_LANES: usize = 8;
 struct Lanes {
     options: AnyConnectOptions,
     sqlite: bool,
-    idle: std::sync::Mutex<Vec<sqlx::AnyConnection>>,
+    /// Connections not in use, with when they were given back.
+    idle: std::sync::Mutex<Vec<(sqlx::AnyConnection, std::time::Instant)>>,
     permits: Semaphore,
 }
 
 impl Lanes {
     async fn lane(&self) -> anyhow::Result<Lane<'_>> {
-        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or(sqlx::Error::PoolTimedOut)
-            .context("waiting for a database lane")?;
+        let permit = match tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(anyhow::Error::new(sqlx::Error::PoolClosed)),
+            Err(_) => {
+                return Err(
+                    anyhow::Error::new(sqlx::Error::PoolTimedOut).context("waiting for a database lane")
+                );
+            }
+        };
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let conn = match idle {
+            Some((conn, since)) if since.elapsed() < LANE_IDLE_PING => Some(conn),
+            Some((mut conn, _)) => {
+                let alive = tokio::time::timeout(PING_TIMEOUT, sqlx::Connection::ping(&mut conn)).await;
+                matches!(alive, Ok(Ok(()))).then_some(conn)
+            }
+            None => None,
+        };
+        let conn = match conn {
             Some(conn) => conn,
             None => self.connect().await.context("opening a database lane")?,
         };
@@ -353,6 +380,10 @@ impl Lanes {
             let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&self.options).await?;
             if self.sqlite {
                 conn.execute(SQLITE_PRAGMAS).await?;
+            } else {
+                // The server gives up on a slow statement itself, so a write
+                // we answered 503 for is rolled back, not committed later.
+                conn.execute(POSTGRES_LANE_SETTINGS).await?;
             }
             Ok(conn)
         };
@@ -386,7 +417,7 @@ impl Lane<'_> {
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+                .push((conn, std::time::Instant::now()));
         }
     }
 }

@@ -5,10 +5,12 @@
 //! Nothing wakes that thread per line (a wake-up is a futex call and a
 //! context switch, dearer than formatting the line), and nothing is dropped:
 //! a buffer that grows past [`FLUSH_AT`] between two ticks is written out by
-//! the request that filled it. Dropping the [`LogGuard`] writes what is left.
+//! the request that filled it. Dropping the [`LogGuard`] writes what is left,
+//! and lines logged after that are written at once.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -31,11 +33,27 @@ impl Drop for LogGuard {
         if let Some((batch, thread)) = self.writer.take() {
             *batch.stopping.lock().unwrap_or_else(PoisonError::into_inner) = true;
             batch.stop.notify_one();
-            let _ = thread.join();
+            // A stderr that blocks (a full pipe nobody reads) must not hang
+            // the exit: wait a second at most for the thread's last write.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // From here on every line is written as it comes.
+            batch.direct.store(true, Ordering::Release);
             batch.write_out();
         }
     }
 }
+
+/// Writes out what is buffered now; for a process about to abort.
+pub fn flush() {
+    if let Some(batch) = BATCH.get() {
+        batch.write_out();
+    }
+}
+
+static BATCH: OnceLock<Arc<Batch>> = OnceLock::new();
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default level.
 pub fn init(format: LogFormat) -> LogGuard {
@@ -52,13 +70,20 @@ pub fn init(format: LogFormat) -> LogGuard {
     if installed.is_err() {
         return LogGuard { writer: None };
     }
+    let _ = BATCH.set(batch.clone());
     let flusher = batch.clone();
     let thread = std::thread::Builder::new()
         .name("gatehouse-log".into())
         .spawn(move || flusher.run());
-    LogGuard {
-        // Without the thread, lines are still written once FLUSH_AT is reached.
-        writer: thread.ok().map(|t| (batch, t)),
+    match thread {
+        Ok(thread) => LogGuard {
+            writer: Some((batch, thread)),
+        },
+        Err(_) => {
+            // No writer thread: every line is written as it comes.
+            batch.direct.store(true, Ordering::Release);
+            LogGuard { writer: None }
+        }
     }
 }
 
@@ -70,6 +95,8 @@ struct Batch {
     out: Mutex<()>,
     stopping: Mutex<bool>,
     stop: Condvar,
+    /// No writer thread (any more): `write` writes each line itself.
+    direct: AtomicBool,
 }
 
 impl Batch {
@@ -103,7 +130,7 @@ impl Write for &Batch {
             lines.extend_from_slice(buf);
             lines.len() >= FLUSH_AT
         };
-        if full {
+        if full || self.direct.load(Ordering::Acquire) {
             self.write_out();
         }
         Ok(buf.len())

@@ -4,6 +4,8 @@
 -- lock makes exactly one of racing rotations win) and inserts its successor,
 -- which names the token it replaced.
 alter table refresh_token add column parent bytea;  -- the token this one replaced
+-- At most one successor per token, whatever the code above does.
+create unique index refresh_token_parent on refresh_token (parent) where parent is not null;
 
 -- Clients are cached by each instance; every change to the client table moves
 -- this counter, which instances poll once a second to drop their copies.

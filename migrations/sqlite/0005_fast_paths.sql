@@ -5,6 +5,8 @@
 -- rotation is never half done. SQLite has a single writer, so the insert's
 -- check that the parent is unused cannot race.
 alter table refresh_token add column parent blob;  -- the token this one replaced
+-- At most one successor per token, whatever the code above does.
+create unique index refresh_token_parent on refresh_token (parent) where parent is not null;
 create trigger refresh_token_rotated after insert on refresh_token
 when new.parent is not null
 begin

@@ -279,9 +279,15 @@ async fn refresh_grant(
     let next = OpaqueToken::generate(TokenKind::RefreshToken);
     let expires = (now + state.settings.refresh_token_ttl).min(row.session_expires_at);
     if !rotate_refresh_token(&state.db, &digest, &next.digest(), now, expires).await? {
-        // Another request rotated it first (that is reuse too), or the chain
-        // ended since it was read (then ending it again changes nothing).
-        return Err(reuse_detected(state, &row.session_id, now, "concurrent refresh of one token").await);
+        // Another request rotated it first: that is reuse too. Otherwise the
+        // chain ended since it was read (logout, a disabled user): no alarm.
+        let used = find_refresh_token(state.db.pool(), &digest)
+            .await?
+            .is_some_and(|r| r.used_at.is_some());
+        if used {
+            return Err(reuse_detected(state, &row.session_id, now, "concurrent refresh of one token").await);
+        }
+        return Err(Error::invalid_grant());
     }
     issue_for_user(
         state,

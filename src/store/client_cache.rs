@@ -9,19 +9,21 @@
 //! honoured here within about a second; a new client is found at once, since
 //! only clients that exist are cached.
 //!
+//! If the poll has not answered for a few seconds, the cache is bypassed.
+//!
 //! Users and their tokens are not cached: revocation, logout and disabling a
 //! user take effect at once (SPEC §5).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::Db;
 use super::client::{Client, find_client};
 
-#[derive(Default)]
 pub struct ClientCache {
     clients: RwLock<HashMap<String, Arc<Client>>>,
     /// Moves on every [`ClientCache::invalidate`]: a lookup that raced with
@@ -29,18 +31,36 @@ pub struct ClientCache {
     epoch: AtomicU64,
     /// The database's `client_generation` last seen; -1 before the first poll.
     generation: AtomicI64,
+    started: Instant,
+    /// Milliseconds after `started` of the last poll that answered.
+    confirmed_ms: AtomicU64,
 }
+
+/// Without a poll that answered for this long (the database is slow or out
+/// of reach), the cache is not trusted: every lookup reads the database.
+const TRUST_FOR: Duration = Duration::from_secs(3);
 
 impl ClientCache {
     pub fn new() -> ClientCache {
         ClientCache {
+            clients: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
             generation: AtomicI64::new(-1),
-            ..ClientCache::default()
+            started: Instant::now(),
+            confirmed_ms: AtomicU64::new(0),
         }
+    }
+
+    fn trusted(&self) -> bool {
+        let confirmed = Duration::from_millis(self.confirmed_ms.load(Ordering::Acquire));
+        self.generation.load(Ordering::Acquire) >= 0 && self.started.elapsed() < confirmed + TRUST_FOR
     }
 
     /// The client with this id, from memory or else from the database.
     pub async fn find(&self, db: &Db, id: &str) -> anyhow::Result<Option<Arc<Client>>> {
+        if !self.trusted() {
+            return Ok(find_client(db.pool(), id).await?.map(Arc::new));
+        }
         if let Some(client) = self
             .clients
             .read()
@@ -79,6 +99,14 @@ impl ClientCache {
         if self.generation.swap(generation, Ordering::AcqRel) != generation {
             self.invalidate();
         }
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.confirmed_ms.store(now, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Default for ClientCache {
+    fn default() -> Self {
+        ClientCache::new()
     }
 }

@@ -48,12 +48,22 @@ impl RotationQueue {
         RotationQueue { sender }
     }
 
-    /// Queues one rotation and waits for its batch. `None` when it could not
-    /// be written as part of one: the caller writes it alone.
-    pub async fn rotate(&self, rotation: Rotation) -> Option<bool> {
+    /// Queues one rotation and waits for its batch. `Err` gives it back when
+    /// it could not be written as part of one: the caller writes it alone.
+    async fn rotate(&self, rotation: Rotation) -> Result<bool, Rotation> {
         let (answer, answered) = oneshot::channel();
-        self.sender.send((rotation, answer)).ok()?;
-        answered.await.ok()?.ok()
+        let copy = Rotation {
+            used: rotation.used.clone(),
+            next: rotation.next.clone(),
+            ..rotation
+        };
+        if self.sender.send((rotation, answer)).is_err() {
+            return Err(copy);
+        }
+        match answered.await {
+            Ok(Ok(rotated)) => Ok(rotated),
+            _ => Err(copy),
+        }
     }
 }
 
@@ -64,19 +74,16 @@ async fn write_batches(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let _writer = write_lock.lock().await;
+        // A caller that gave up (its request timed out or was dropped) would
+        // never see its new token, and its retry would end the chain: skip it.
+        batch.retain(|(_, answer)| !answer.is_closed());
         let mut seen = HashSet::with_capacity(batch.len());
         let (first, again): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .partition(|(r, _)| seen.insert(r.used.as_bytes().to_vec()));
-        // The same token twice in one batch: only its first rotation can win.
-        for (_, answer) in again {
-            let _ = answer.send(Ok(false));
-        }
-        let written = {
-            let _writer = write_lock.lock().await;
-            write(&lanes, &first).await
-        };
-        match written {
+        let rotations: Vec<&Rotation> = first.iter().map(|(r, _)| r).collect();
+        match write(&lanes, &rotations).await {
             Ok(rotated) => {
                 for (rotation, answer) in first {
                     let _ = answer.send(Ok(rotated.contains(rotation.used.as_bytes())));
@@ -89,15 +96,22 @@ async fn write_batches(
                 }
             }
         }
+        // The same token twice in one batch: only its first rotation could
+        // win. Answered after it, so the loser's reuse handling (which ends
+        // the chain) cannot overtake the winner's write.
+        for (_, answer) in again {
+            let _ = answer.send(Ok(false));
+        }
     }
 }
 
-/// One statement for the whole batch; returns the digests it consumed.
-async fn write(
-    lanes: &Lanes,
-    batch: &[(Rotation, oneshot::Sender<Answer>)],
-) -> anyhow::Result<HashSet<Vec<u8>>> {
-    let rows: Vec<String> = (0..batch.len())
+/// Writes `rotations` (distinct `used` digests) in one statement; returns
+/// the digests it consumed. Batches are padded to a power of two with rows
+/// that match nothing, so only a handful of statement texts are prepared.
+pub(super) async fn write(lanes: &Lanes, rotations: &[&Rotation]) -> anyhow::Result<HashSet<Vec<u8>>> {
+    const NOTHING: [u8; 32] = [0; 32];
+    let size = rotations.len().next_power_of_two();
+    let rows: Vec<String> = (0..size)
         .map(|i| {
             let p = 4 * i;
             format!("(${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4)
@@ -114,12 +128,19 @@ async fn write(
         rows.join(", ")
     );
     let mut query = sqlx::query(&sql);
-    for (r, _) in batch {
+    for r in rotations {
         query = query
             .bind(r.used.as_bytes().to_vec())
             .bind(r.next.as_bytes().to_vec())
             .bind(r.now)
             .bind(r.expires_at);
+    }
+    for _ in rotations.len()..size {
+        query = query
+            .bind(NOTHING.to_vec())
+            .bind(NOTHING.to_vec())
+            .bind(0i64)
+            .bind(0i64);
     }
     let mut lane = lanes.lane().await?;
     let consumed = query
@@ -131,4 +152,21 @@ async fn write(
         .iter()
         .map(|row| row.try_get::<Vec<u8>, _>(0).context("a consumed digest"))
         .collect()
+}
+
+impl super::Db {
+    /// Queues `rotation` for the next batch; if that batch failed, writes it
+    /// alone, so the caller gets its own error.
+    pub(super) async fn rotate_on_sqlite(&self, rotation: Rotation) -> anyhow::Result<bool> {
+        let Some(queue) = &self.rotations else {
+            anyhow::bail!("no rotation queue on PostgreSQL");
+        };
+        let rotation = match queue.rotate(rotation).await {
+            Ok(rotated) => return Ok(rotated),
+            Err(rotation) => rotation,
+        };
+        let _writer = self.writer().await;
+        let consumed = write(&self.lanes, &[&rotation]).await?;
+        Ok(consumed.contains(rotation.used.as_bytes()))
+    }
 }

@@ -156,9 +156,10 @@ pub async fn find_refresh_grant<'e>(
 ///
 /// PostgreSQL: a CTE whose `update` takes the row lock, so a racing rotation
 /// waits, then sees the token used. SQLite: an insert-select under this
-/// process's write lock; the `refresh_token_rotated` trigger consumes the
-/// parent within the same statement. On SQLite, concurrent rotations are
-/// written together (`store::rotation`); this statement is the fallback.
+/// process's write lock, for many rotations at once (`store::rotation`); the
+/// `refresh_token_rotated` trigger consumes each parent within the same
+/// statement. On both, the partial unique index on `parent` makes a second
+/// successor of one token impossible.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate_refresh_token(
     db: &Db,
@@ -167,46 +168,44 @@ pub async fn rotate_refresh_token(
     now: i64,
     expires_at: i64,
 ) -> anyhow::Result<bool> {
-    if let Some(queue) = db.rotations() {
-        let rotation = Rotation {
-            used: used.clone(),
-            next: next.clone(),
-            now,
-            expires_at,
-        };
-        if let Some(rotated) = queue.rotate(rotation).await {
-            return Ok(rotated);
+    let rotation = Rotation {
+        used: used.clone(),
+        next: next.clone(),
+        now,
+        expires_at,
+    };
+    match db.backend() {
+        Backend::Sqlite => db.rotate_on_sqlite(rotation).await,
+        Backend::Postgres => {
+            let mut lane = db.lane().await?;
+            let rotate = sqlx::query(
+                "with used as (update refresh_token r set used_at = $1 from login_session s \
+                 where r.digest = $2 and r.used_at is null and s.id = r.session_id and s.revoked_at is null \
+                 returning r.session_id) \
+                 insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
+                 select $3, session_id, $1, $4, $2 from used",
+            )
+            .bind(now)
+            .bind(used.as_bytes().to_vec())
+            .bind(next.as_bytes().to_vec())
+            .bind(expires_at)
+            .execute(lane.conn());
+            // The lane's statement_timeout cancels a slow rotation on the
+            // server, so it is not committed after we answered 503; the
+            // longer bound here is for a server that stopped answering.
+            let done = tokio::time::timeout(ROTATION_TIMEOUT, rotate)
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+                .context("rotate refresh token")?;
+            lane.release();
+            Ok(done.rows_affected() == 1)
         }
     }
-    let sql = match db.backend() {
-        Backend::Postgres => {
-            "with used as (update refresh_token r set used_at = $1 from login_session s \
-             where r.digest = $2 and r.used_at is null and s.id = r.session_id and s.revoked_at is null \
-             returning r.session_id) \
-             insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
-             select $3, session_id, $1, $4, $2 from used"
-        }
-        Backend::Sqlite => {
-            "insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
-             select $3, r.session_id, $1, $4, r.digest from refresh_token r \
-             join login_session s on s.id = r.session_id \
-             where r.digest = $2 and r.used_at is null and s.revoked_at is null"
-        }
-    };
-    let _writer = db.writer().await;
-    let mut lane = db.lane().await?;
-    let rotate = sqlx::query(sql)
-        .bind(now)
-        .bind(used.as_bytes().to_vec())
-        .bind(next.as_bytes().to_vec())
-        .bind(expires_at)
-        .execute(lane.conn());
-    let done = db
-        .bounded(async { rotate.await.context("rotate refresh token") })
-        .await?;
-    lane.release();
-    Ok(done.rows_affected() == 1)
 }
+
+/// PostgreSQL: how long a rotation waits for its answer; a second more than
+/// the lanes' `statement_timeout`.
+const ROTATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Ends one login: its refresh chain and the access tokens carrying its `sid`.
 #[tracing::instrument(level = "debug", skip_all)]

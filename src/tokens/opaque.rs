@@ -48,6 +48,7 @@ impl OpaqueToken {
         // would hand out predictable secrets; stopping the process is safer.
         if aws_lc_rs::rand::fill(&mut bytes).is_err() {
             tracing::error!("the operating system's random source failed; stopping");
+            crate::telemetry::flush();
             std::process::abort();
         }
         OpaqueToken(SecretString::from(format!(

@@ -1193,8 +1193,9 @@ async fn no_secret_reaches_the_logs_while_every_flow_runs() {
 
 #[tokio::test]
 async fn access_lines_reach_the_log_soon_and_none_is_lost_at_shutdown() {
-    // Lines are buffered and written by a thread every few milliseconds;
-    // a burst larger than the buffer and a SIGTERM lose none of them.
+    // Lines are buffered and written by a thread every few milliseconds:
+    // the first arrives soon, and none of a burst is lost by the SIGTERM
+    // that follows it at once.
     let app = TestApp::spawn().await;
     let server = ServerProcess::start(&app, &[("GATEHOUSE_LOG_FORMAT", "json")]).await;
     let lines_with = |id: &str| {
@@ -1223,7 +1224,7 @@ async fn access_lines_reach_the_log_soon_and_none_is_lost_at_shutdown() {
     }
     println!("access line written {:?} after the request", started.elapsed());
 
-    // About 600 KiB of lines, more than one buffer, then SIGTERM at once.
+    // About 600 KiB of lines, then SIGTERM at once.
     for n in 0..2000 {
         server
             .http

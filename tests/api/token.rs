@@ -257,7 +257,7 @@ async fn refreshes_arriving_together_each_rotate_their_own_chain_exactly_once() 
             }
         })
     });
-    let answers = join_all_any(attempts).await;
+    let answers = futures_join_all(attempts).await;
 
     for chain in 0..tokens.len() {
         let of_chain: Vec<_> = answers.iter().filter(|(c, _, _)| *c == chain).collect();
@@ -280,8 +280,8 @@ async fn refreshes_arriving_together_each_rotate_their_own_chain_exactly_once() 
     }
 }
 
-/// [`futures_join_all`] for any output.
-async fn join_all_any<T, F: std::future::Future<Output = T>>(futures: impl Iterator<Item = F>) -> Vec<T> {
+/// Runs futures concurrently on this task, like `futures::future::join_all`.
+async fn futures_join_all<T, F: std::future::Future<Output = T>>(futures: impl Iterator<Item = F>) -> Vec<T> {
     let mut set: Vec<_> = futures.map(Box::pin).collect();
     let mut out: Vec<Option<T>> = set.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -302,34 +302,6 @@ async fn join_all_any<T, F: std::future::Future<Output = T>>(futures: impl Itera
     })
     .await;
     out.into_iter().flatten().collect()
-}
-
-/// Runs futures concurrently on this task, like `futures::future::join_all`.
-async fn futures_join_all<F: std::future::Future<Output = u16>>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<u16> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out = vec![0u16; set.len()];
-    let mut pending: Vec<usize> = (0..set.len()).collect();
-    std::future::poll_fn(|cx| {
-        pending.retain(|&i| match set[i].as_mut().poll(cx) {
-            std::task::Poll::Ready(v) => {
-                out[i] = v;
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out
 }
 
 #[tokio::test]
