@@ -50,7 +50,7 @@ pub struct Db {
     ping_options: Option<AnyConnectOptions>,
     /// Connections for the hot paths, see [`Db::lane`].
     lanes: Arc<Lanes>,
-    /// SQLite only: refresh rotations written in batches.
+    /// SQLite only: refresh rotations, written in batches.
     rotations: Option<rotation::RotationQueue>,
 }
 
@@ -283,11 +283,6 @@ impl Db {
     /// pool does (`PoolTimedOut`, answered 503).
     pub async fn lane(&self) -> anyhow::Result<Lane<'_>> {
         self.lanes.lane().await
-    }
-
-    /// SQLite: the queue that writes refresh rotations in batches.
-    pub fn rotations(&self) -> Option<&rotation::RotationQueue> {
-        self.rotations.as_ref()
     }
 
     /// Runs a query made on a [`Lane`]: on PostgreSQL it fails after

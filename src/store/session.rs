@@ -3,9 +3,9 @@
 use anyhow::Context;
 use sqlx::{Any, Executor, FromRow};
 
+use crate::store::Db;
 use crate::store::rotation::Rotation;
 use crate::store::user::UserRow;
-use crate::store::{Backend, Db};
 use crate::tokens::TokenDigest;
 
 #[derive(Debug, Clone)]
@@ -149,17 +149,11 @@ pub async fn find_refresh_grant<'e>(
         .context("select refresh grant")
 }
 
-/// Rotates a refresh token in one statement: inserts `next` (expiring at
+/// Rotates a refresh token atomically: inserts `next` (expiring at
 /// `expires_at`) and consumes `used`, only while `used` is unconsumed and its
 /// chain not ended. True for exactly one caller, however many race; false
-/// means the token was used or its chain ended meanwhile.
-///
-/// PostgreSQL: a CTE whose `update` takes the row lock, so a racing rotation
-/// waits, then sees the token used. SQLite: an insert-select under this
-/// process's write lock, for many rotations at once (`store::rotation`); the
-/// `refresh_token_rotated` trigger consumes each parent within the same
-/// statement. On both, the partial unique index on `parent` makes a second
-/// successor of one token impossible.
+/// means the token was used or its chain ended meanwhile. Concurrent
+/// rotations share one statement (`store::rotation`).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate_refresh_token(
     db: &Db,
@@ -168,44 +162,14 @@ pub async fn rotate_refresh_token(
     now: i64,
     expires_at: i64,
 ) -> anyhow::Result<bool> {
-    let rotation = Rotation {
+    db.rotate(Rotation {
         used: used.clone(),
         next: next.clone(),
         now,
         expires_at,
-    };
-    match db.backend() {
-        Backend::Sqlite => db.rotate_on_sqlite(rotation).await,
-        Backend::Postgres => {
-            let mut lane = db.lane().await?;
-            let rotate = sqlx::query(
-                "with used as (update refresh_token r set used_at = $1 from login_session s \
-                 where r.digest = $2 and r.used_at is null and s.id = r.session_id and s.revoked_at is null \
-                 returning r.session_id) \
-                 insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
-                 select $3, session_id, $1, $4, $2 from used",
-            )
-            .bind(now)
-            .bind(used.as_bytes().to_vec())
-            .bind(next.as_bytes().to_vec())
-            .bind(expires_at)
-            .execute(lane.conn());
-            // The lane's statement_timeout cancels a slow rotation on the
-            // server, so it is not committed after we answered 503; the
-            // longer bound here is for a server that stopped answering.
-            let done = tokio::time::timeout(ROTATION_TIMEOUT, rotate)
-                .await
-                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-                .context("rotate refresh token")?;
-            lane.release();
-            Ok(done.rows_affected() == 1)
-        }
-    }
+    })
+    .await
 }
-
-/// PostgreSQL: how long a rotation waits for its answer; a second more than
-/// the lanes' `statement_timeout`.
-const ROTATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Ends one login: its refresh chain and the access tokens carrying its `sid`.
 #[tracing::instrument(level = "debug", skip_all)]
