@@ -3,8 +3,7 @@
 use crate::app::AppState;
 use crate::error::{Error, OAuthCode};
 use crate::store::client::Client;
-use crate::store::session::find_refresh_token;
-use crate::store::user::find_user;
+use crate::store::session::{RefreshGrantRow, find_refresh_grant};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{TokenDigest, TokenKind};
 
@@ -46,18 +45,19 @@ pub async fn introspect(
         ));
     }
     if token.starts_with(TokenKind::RefreshToken.prefix()) {
-        let Some(row) = find_refresh_token(state.db.pool(), &TokenDigest::of(token)).await? else {
+        // The token, its login and its user in one query, as the refresh grant reads them.
+        let mut lane = state.db.lane().await?;
+        let found = state
+            .db
+            .bounded(find_refresh_grant(lane.conn(), &TokenDigest::of(token)))
+            .await?;
+        lane.release();
+        let Some(RefreshGrantRow { token: row, user }) = found else {
             return Ok(Introspection::inactive());
         };
-        if row.client_id != client.id || !row.is_live(now) {
+        if row.client_id != client.id || !row.is_live(now) || !user.is_active() {
             return Ok(Introspection::inactive());
         }
-        let Some(user) = find_user(state.db.pool(), &row.user_id)
-            .await?
-            .filter(|u| u.is_active())
-        else {
-            return Ok(Introspection::inactive());
-        };
         return Ok(Introspection {
             active: true,
             sub: Some(user.id),

@@ -146,18 +146,28 @@ fn login_body(email: &str, password: &str, client: &TestClient) -> Value {
 }
 
 /// Signs in through `/session/login` from the issuer's own origin.
-async fn sign_in(app: &TestApp, client: &TestClient, email: &str) -> (Jar, Value) {
-    let resp = post(
+/// `POST /session/login` from the issuer's own origin.
+async fn login_from_issuer(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    client: &TestClient,
+) -> reqwest::Response {
+    post(
         app,
         &app.base,
         "/session/login",
         Call {
             origin: Some(&app.base),
-            body: Some(login_body(email, PASSWORD, client)),
+            body: Some(login_body(email, password, client)),
             ..Call::none()
         },
     )
-    .await;
+    .await
+}
+
+async fn sign_in(app: &TestApp, client: &TestClient, email: &str) -> (Jar, Value) {
+    let resp = login_from_issuer(app, email, PASSWORD, client).await;
     assert_eq!(resp.status(), 200, "session login failed");
     let jar = Jar::from(&set_cookies(&resp));
     (jar, resp.json().await.unwrap())
@@ -208,17 +218,7 @@ async fn login_sets_the_three_cookies_with_their_attributes() {
     let client = first_party(&app).await;
     app.create_user("ada@example.com").await;
 
-    let resp = post(
-        &app,
-        &app.base,
-        "/session/login",
-        Call {
-            origin: Some(&app.base),
-            body: Some(login_body("ada@example.com", PASSWORD, &client)),
-            ..Call::none()
-        },
-    )
-    .await;
+    let resp = login_from_issuer(&app, "ada@example.com", PASSWORD, &client).await;
 
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
@@ -557,17 +557,7 @@ async fn clients_that_may_not_use_cookie_sessions_are_refused() {
         ("no refresh_token grant", &no_refresh_grant),
         ("unknown", &unknown),
     ] {
-        let resp = post(
-            &app,
-            &app.base,
-            "/session/login",
-            Call {
-                origin: Some(&app.base),
-                body: Some(login_body("ada@example.com", PASSWORD, client)),
-                ..Call::none()
-            },
-        )
-        .await;
+        let resp = login_from_issuer(&app, "ada@example.com", PASSWORD, client).await;
         assert!(resp.headers().get("set-cookie").is_none(), "{label}");
         assert_problem(resp, 403, "client_not_allowed").await;
     }
@@ -587,17 +577,7 @@ async fn a_wrong_password_answers_exactly_like_an_unknown_or_disabled_user() {
         ("unknown user", "nobody@example.com", PASSWORD),
         ("disabled user", "bob@example.com", PASSWORD),
     ] {
-        let resp = post(
-            &app,
-            &app.base,
-            "/session/login",
-            Call {
-                origin: Some(&app.base),
-                body: Some(login_body(email, password, &client)),
-                ..Call::none()
-            },
-        )
-        .await;
+        let resp = login_from_issuer(&app, email, password, &client).await;
         assert!(resp.headers().get("set-cookie").is_none(), "{label}");
         let body = assert_problem(resp, 400, "invalid_credentials").await;
         answers.push(body);
@@ -622,17 +602,7 @@ async fn an_unverified_address_has_its_own_code() {
     .await
     .unwrap();
 
-    let resp = post(
-        &app,
-        &app.base,
-        "/session/login",
-        Call {
-            origin: Some(&app.base),
-            body: Some(login_body("new@example.com", PASSWORD, &client)),
-            ..Call::none()
-        },
-    )
-    .await;
+    let resp = login_from_issuer(&app, "new@example.com", PASSWORD, &client).await;
 
     assert!(resp.headers().get("set-cookie").is_none());
     assert_problem(resp, 403, "email_not_verified").await;
