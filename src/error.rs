@@ -539,7 +539,9 @@ pub fn database_unavailable(e: &anyhow::Error) -> bool {
         Some(sqlx::Error::Database(db)) => db
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "57014"),
-        _ => false,
+        _ => cause
+            .downcast_ref::<rusqlite::Error>()
+            .is_some_and(crate::store::reader::is_unavailable),
     })
 }
 

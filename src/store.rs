@@ -18,6 +18,7 @@ pub mod key;
 pub mod login_attempt;
 pub mod mail;
 pub mod prune;
+pub mod reader;
 pub mod revocation;
 pub mod rotation;
 pub mod session;
@@ -52,6 +53,8 @@ pub struct Db {
     lanes: Arc<Lanes>,
     /// SQLite only: refresh rotations, written in batches.
     rotations: Option<rotation::RotationQueue>,
+    /// SQLite on a file: the hottest reads, on the calling thread.
+    reader: Option<Arc<reader::Reader>>,
 }
 
 /// A write transaction; on SQLite it also holds the process's write lock.
@@ -203,6 +206,10 @@ impl Db {
         let rotations = write_lock
             .as_ref()
             .map(|lock| rotation::RotationQueue::start(lanes.clone(), lock.clone()));
+        let reader = match backend {
+            Backend::Sqlite => reader::Reader::new(&url)?.map(Arc::new),
+            Backend::Postgres => None,
+        };
         Ok(Db {
             pool,
             backend,
@@ -210,6 +217,7 @@ impl Db {
             ping_options,
             lanes,
             rotations,
+            reader,
         })
     }
 
@@ -301,7 +309,15 @@ impl Db {
         }
     }
 
+    /// SQLite on a file: reads on the calling thread, see [`reader`].
+    pub fn reader(&self) -> Option<&reader::Reader> {
+        self.reader.as_deref()
+    }
+
     pub async fn close(&self) {
+        if let Some(reader) = &self.reader {
+            reader.close();
+        }
         self.pool.close().await;
         // No lane is handed out any more (`PoolClosed`, answered 503).
         self.lanes.permits.close();

@@ -46,12 +46,7 @@ pub async fn introspect(
     }
     if token.starts_with(TokenKind::RefreshToken.prefix()) {
         // The token, its login and its user in one query, as the refresh grant reads them.
-        let mut lane = state.db.lane().await?;
-        let found = state
-            .db
-            .bounded(find_refresh_grant(lane.conn(), &TokenDigest::of(token)))
-            .await?;
-        lane.release();
+        let found = find_refresh_grant(&state.db, &TokenDigest::of(token)).await?;
         let Some(RefreshGrantRow { token: row, user }) = found else {
             return Ok(Introspection::inactive());
         };

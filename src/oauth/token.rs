@@ -247,9 +247,7 @@ async fn refresh_grant(
     }
     let digest = TokenDigest::of(presented);
     // Read outside the write lock; the rotation below decides atomically.
-    let mut lane = state.db.lane().await?;
-    let found = state.db.bounded(find_refresh_grant(lane.conn(), &digest)).await?;
-    lane.release();
+    let found = find_refresh_grant(&state.db, &digest).await?;
     let Some(RefreshGrantRow { token: row, user }) = found else {
         return Err(Error::invalid_grant());
     };

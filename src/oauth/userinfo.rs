@@ -25,25 +25,13 @@ pub async fn check_access_token(
                 sid,
                 client_id: &claims.client_id,
             };
-            let mut lane = state.db.lane().await?;
-            let found = state
-                .db
-                .bounded(find_token_holder(lane.conn(), &holder, now))
-                .await?;
-            lane.release();
-            match found {
+            match find_token_holder(&state.db, &holder, now).await? {
                 Some(user) => Ok((claims, Some(user))),
                 None => Err(Error::invalid_token()),
             }
         }
         None => {
-            let mut lane = state.db.lane().await?;
-            let revoked = state
-                .db
-                .bounded(is_access_token_revoked(lane.conn(), &claims.jti))
-                .await?;
-            lane.release();
-            if revoked {
+            if is_access_token_revoked(&state.db, &claims.jti).await? {
                 return Err(Error::invalid_token());
             }
             // A client's own token dies with the client.

@@ -3,6 +3,8 @@
 use anyhow::Context;
 use sqlx::{Any, Executor};
 
+use crate::store::Db;
+
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_revoked_access_token<'e>(
     ex: impl Executor<'e, Database = Any>,
@@ -21,15 +23,20 @@ pub async fn insert_revoked_access_token<'e>(
     Ok(())
 }
 
+/// On this thread on SQLite ([`Db::reader`]), else on a lane.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn is_access_token_revoked<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    jti: &str,
-) -> anyhow::Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as("select 1 from revoked_access_token where jti = $1")
+pub async fn is_access_token_revoked(db: &Db, jti: &str) -> anyhow::Result<bool> {
+    const SQL: &str = "select 1 from revoked_access_token where jti = $1";
+    if let Some(reader) = db.reader() {
+        return reader.read(|c| c.prepare_cached(SQL)?.exists([jti]));
+    }
+    let mut lane = db.lane().await?;
+    let query = sqlx::query_as::<_, (i64,)>(SQL)
         .bind(jti)
-        .fetch_optional(ex)
-        .await
-        .context("select revoked access token")?;
+        .fetch_optional(lane.conn());
+    let row = db
+        .bounded(async { query.await.context("select revoked access token") })
+        .await?;
+    lane.release();
     Ok(row.is_some())
 }

@@ -1,6 +1,7 @@
 //! Login sessions (`sid`) and their refresh-token chains.
 
 use anyhow::Context;
+use rusqlite::OptionalExtension;
 use sqlx::{Any, Executor, FromRow};
 
 use crate::store::Db;
@@ -126,13 +127,33 @@ pub struct RefreshGrantRow {
     pub user: UserRow,
 }
 
+impl RefreshGrantRow {
+    /// From a row read by [`crate::store::reader`], by column name.
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshGrantRow> {
+        Ok(RefreshGrantRow {
+            token: RefreshRow {
+                session_id: row.get("session_id")?,
+                issued_at: row.get("issued_at")?,
+                expires_at: row.get("expires_at")?,
+                used_at: row.get("used_at")?,
+                user_id: row.get("user_id")?,
+                client_id: row.get("client_id")?,
+                scope: row.get("scope")?,
+                auth_time: row.get("auth_time")?,
+                session_expires_at: row.get("session_expires_at")?,
+                revoked_at: row.get("revoked_at")?,
+                browser_session_id: row.get("browser_session_id")?,
+            },
+            user: UserRow::from_sqlite(row)?,
+        })
+    }
+}
+
 /// Reads what a refresh needs in one query, outside any write lock: the
-/// decision is made again, atomically, by [`rotate_refresh_token`].
+/// decision is made again, atomically, by [`rotate_refresh_token`]. On this
+/// thread on SQLite ([`Db::reader`]), else on a lane.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn find_refresh_grant<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    digest: &TokenDigest,
-) -> anyhow::Result<Option<RefreshGrantRow>> {
+pub async fn find_refresh_grant(db: &Db, digest: &TokenDigest) -> anyhow::Result<Option<RefreshGrantRow>> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "select r.session_id, r.issued_at, r.expires_at, r.used_at, s.user_id, s.client_id, s.scope, \
@@ -142,11 +163,22 @@ pub async fn find_refresh_grant<'e>(
             crate::store::user::qualified_columns("u")
         )
     });
-    sqlx::query_as(SQL.as_str())
+    if let Some(reader) = db.reader() {
+        return reader.read(|c| {
+            c.prepare_cached(&SQL)?
+                .query_row([digest.as_bytes()], RefreshGrantRow::from_sqlite)
+                .optional()
+        });
+    }
+    let mut lane = db.lane().await?;
+    let query = sqlx::query_as(SQL.as_str())
         .bind(digest.as_bytes().to_vec())
-        .fetch_optional(ex)
-        .await
-        .context("select refresh grant")
+        .fetch_optional(lane.conn());
+    let found = db
+        .bounded(async { query.await.context("select refresh grant") })
+        .await?;
+    lane.release();
+    Ok(found)
 }
 
 /// Rotates a refresh token atomically: inserts `next` (expiring at

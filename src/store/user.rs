@@ -1,7 +1,10 @@
 //! User accounts.
 
 use anyhow::Context;
+use rusqlite::OptionalExtension;
 use sqlx::{Any, Executor, FromRow};
+
+use crate::store::Db;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRow {
@@ -17,6 +20,21 @@ pub struct UserRow {
 }
 
 impl UserRow {
+    /// From a row read by [`crate::store::reader`], by column name.
+    pub fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+        Ok(UserRow {
+            id: row.get("id")?,
+            email: row.get("email")?,
+            email_lower: row.get("email_lower")?,
+            password_hash: row.get("password_hash")?,
+            name: row.get("name")?,
+            roles: row.get("roles")?,
+            email_verified_at: row.get("email_verified_at")?,
+            disabled_at: row.get("disabled_at")?,
+            created_at: row.get("created_at")?,
+        })
+    }
+
     pub fn roles(&self) -> Vec<String> {
         self.roles
             .split(' ')
@@ -97,10 +115,11 @@ pub async fn find_user<'e>(
 
 /// The user behind a user's access token, in one round trip: the token's
 /// `jti` not revoked, its login (or, for a browser session's `sid`, this
-/// client's chain in it) live, the user present and not disabled.
+/// client's chain in it) live, the user present and not disabled. On this
+/// thread on SQLite ([`Db::reader`]), else on a lane.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn find_token_holder<'e>(
-    ex: impl Executor<'e, Database = Any>,
+pub async fn find_token_holder(
+    db: &Db,
     token: &TokenHolder<'_>,
     now: i64,
 ) -> anyhow::Result<Option<UserRow>> {
@@ -113,15 +132,29 @@ pub async fn find_token_holder<'e>(
              and s.revoked_at is null and s.expires_at > $5)"
         )
     });
-    sqlx::query_as(SQL.as_str())
+    if let Some(reader) = db.reader() {
+        return reader.read(|c| {
+            c.prepare_cached(&SQL)?
+                .query_row(
+                    rusqlite::params![token.sub, token.jti, token.sid, token.client_id, now],
+                    UserRow::from_sqlite,
+                )
+                .optional()
+        });
+    }
+    let mut lane = db.lane().await?;
+    let query = sqlx::query_as(SQL.as_str())
         .bind(token.sub)
         .bind(token.jti)
         .bind(token.sid)
         .bind(token.client_id)
         .bind(now)
-        .fetch_optional(ex)
-        .await
-        .context("select token holder")
+        .fetch_optional(lane.conn());
+    let found = db
+        .bounded(async { query.await.context("select token holder") })
+        .await?;
+    lane.release();
+    Ok(found)
 }
 
 /// What an access token says about whose it is.
