@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use poem::endpoint::BoxEndpoint;
-use poem::http::{HeaderValue, StatusCode};
+use poem::http::{HeaderName, HeaderValue, StatusCode};
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
@@ -137,7 +137,7 @@ async fn respond(
 ) -> Response {
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
@@ -145,7 +145,7 @@ async fn respond(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!("request", request_id = request_id.as_str());
     // Only the Origin is needed afterwards (CORS), not the whole header map.
     let origin = req.headers().get("origin").cloned();
     let mut resp = match policy.preflight(&req) {
@@ -173,22 +173,25 @@ async fn respond(
     policy.apply(&path, origin.as_ref(), &mut resp);
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(&X_REQUEST_ID, v);
     }
     // The template, never the concrete path: bounded labels, no ids in logs.
     let route = metrics.route(resp.data::<poem_openapi::OperationId>().map(|o| o.0), &path);
     let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
     metrics.observe_request(&route, &method, status, elapsed);
+    // Plain `str` values: recorded as they are, without the `fmt` machinery.
     tracing::info!(
-        request_id = %request_id,
-        method = %method,
-        route = %route,
+        request_id = request_id.as_str(),
+        method = method.as_str(),
+        route = &*route,
         status,
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     resp
 }
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// An id for a request that brought none. Ids are unique, not secret (they
 /// are echoed and logged), so they are a random per-process prefix and a

@@ -1,6 +1,11 @@
 //! Response headers every answer carries: security headers, a CSP on HTML,
 //! HSTS when the issuer is https, and CORS for the configured origins only.
 
+use poem::http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY, VARY,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use poem::{Request, Response};
 
@@ -70,40 +75,37 @@ impl HeaderPolicy {
             })
             .cloned();
         let headers = resp.headers_mut();
-        headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-        if !headers.contains_key("content-security-policy") {
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        if !headers.contains_key(CONTENT_SECURITY_POLICY) {
             let csp = if path == "/docs" || path.starts_with("/docs/") {
                 DOCS_CSP
             } else {
                 STRICT_CSP
             };
-            headers.insert("content-security-policy", HeaderValue::from_static(csp));
+            headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
         }
         // Profiles, users and shown-once client secrets are never cached.
         if (path.starts_with("/accounts") || path.starts_with("/admin"))
-            && !headers.contains_key("cache-control")
+            && !headers.contains_key(CACHE_CONTROL)
         {
-            headers.insert("cache-control", HeaderValue::from_static("no-store"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         if self.hsts {
             headers.insert(
-                "strict-transport-security",
+                STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static("max-age=31536000; includeSubDomains"),
             );
         }
         if let Some(origin) = cors_origin {
-            headers.insert("access-control-allow-origin", origin);
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
             headers.insert(
-                "access-control-allow-credentials",
-                HeaderValue::from_static("true"),
-            );
-            headers.insert(
-                "access-control-expose-headers",
+                ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static("X-Request-Id, Retry-After"),
             );
-            headers.append("vary", HeaderValue::from_static("Origin"));
+            headers.append(VARY, HeaderValue::from_static("Origin"));
         }
     }
 }
