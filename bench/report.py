@@ -40,13 +40,15 @@ for backend in backends:
         if not f.exists():
             continue
         w = load(f)
-        # The ceiling measured just before this workload, when there is one.
-        near = d / f"{name}.ceiling.json"
+        # The mean of the ceilings measured just before and just after this
+        # workload, when there are any.
+        near = [load(p) for p in (d / f"{name}.ceiling.json", d / f"{name}.ceiling-after.json") if p.exists()]
         reference = ceil[c]
-        if near.exists():
-            n = load(near)
-            reference = n["requests_per_s"] if c == "trivial" else n[CEILING_KEYS[c]]
-            w["adjacent_ceiling"] = reference
+        if near:
+            values = [n["requests_per_s"] if c == "trivial" else n[CEILING_KEYS[c]] for n in near]
+            reference = sum(values) / len(values)
+            w["adjacent_ceilings"] = values
+            w["adjacent_ceiling"] = round(reference, 1)
         ratio = w["requests_per_s"] / reference if reference else 0.0
         w["ratio_to_first_ceiling"] = round(w["requests_per_s"] / ceil[c], 3) if ceil[c] else 0.0
         ok = ratio >= goal and w["non_2xx"] == 0 and w["errors"] == 0
@@ -75,7 +77,7 @@ for backend in backends:
                  ("pass" if ms < 1000 else "FAIL") if backend == "sqlite" else ""))
     result["backends"][backend] = res
 
-head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio (ceiling just before)", "vs first", "goal", "")
+head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio (ceilings before and after)", "vs first", "goal", "")
 widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 fmt = lambda r: "  ".join(v.rjust(w) if i in (2, 3, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
 print(f'ceilings: RS256 {ceilings["rs256_signatures_per_s_1_thread"]:.0f}/s (1 thread), '

@@ -78,8 +78,9 @@ trivial_ceiling "${WORK}/trivial.json"
 cat "${WORK}/trivial.json" >&2
 
 # This machine's speed drifts by up to a fifth over minutes (a shared host),
-# so each workload's ceiling is measured again just before it, and its ratio
-# is taken against that one (CEILING_SECONDS each; ADJACENT=0 turns it off).
+# so each workload's ceiling is measured again just before it and just after
+# it, and its ratio is taken against the mean of the two (CEILING_SECONDS
+# each; ADJACENT=0 turns it off).
 ADJACENT=${ADJACENT:-1}
 CEILING_SECONDS=${CEILING_SECONDS:-3}
 adjacent_ceiling() { # WORKLOAD OUT
@@ -137,6 +138,7 @@ bench_backend() { # NAME DATABASE_URL
         "${LOAD}" --url "${URL}" --workload "${w}" --connections "${CONNECTIONS}" \
             --duration "${DURATION}" --warmup "${WARMUP}" --client "${id}:${secret}" \
             --users "${dir}/users" --pid "${server}" | tee "${dir}/${w}.json" >&2
+        adjacent_ceiling "${w}" "${dir}/${w}.ceiling-after.json"
     done
     kill "${server}"
     wait "${server}" 2>/dev/null || true
