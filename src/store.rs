@@ -7,8 +7,9 @@
 //! process queue on one async mutex, so they never spin on the busy handler;
 //! `busy_timeout` covers other processes such as the CLI. A refresh rotation
 //! is one statement instead (no transaction), and on SQLite concurrent ones
-//! share a statement (`rotation`). The hottest queries run on lanes
-//! ([`Db::lane`]) rather than through the pool.
+//! share a statement (`rotation`). The hottest reads run on the calling thread
+//! on SQLite ([`reader`]), and on lanes ([`Db::lane`]) rather than through the
+//! pool on PostgreSQL.
 
 pub mod account_token;
 pub mod browser;
@@ -341,8 +342,9 @@ const POSTGRES_LANE_SETTINGS: &str = "set statement_timeout = 3000";
 /// connection dropped by the server or a firewall while it sat unused).
 const LANE_IDLE_PING: Duration = Duration::from_secs(30);
 
-/// Lanes per process: SQLite reads do not gain from more than the cores;
-/// PostgreSQL lanes overlap their round trips.
+/// Lanes per process. SQLite: the rotation writer, and the hot reads of an
+/// in-memory database (a file's run on [`reader`]). PostgreSQL: lanes
+/// overlap their round trips (4 and 16 measured no better than 8).
 const SQLITE_LANES: usize = 4;
 const POSTGRES_LANES: usize = 8;
 
