@@ -29,6 +29,7 @@ GOALS = {
 CEILING_KEYS = {"rs256_2t": "rs256_signatures_per_s_2_threads", "argon2_2t": "argon2id_hashes_per_s_2_threads"}
 MB = 1e6
 
+used_adjacent = False
 rows, result = [], {"ceilings": {**ceilings, "trivial_handler_requests_per_s": ceil["trivial"],
                                  "trivial_handler_driver": trivial}, "backends": {}}
 for backend in backends:
@@ -42,11 +43,13 @@ for backend in backends:
         w = load(f)
         # The mean of the ceilings measured just before and just after this
         # workload, when there are any.
-        near = [load(p) for p in (d / f"{name}.ceiling.json", d / f"{name}.ceiling-after.json") if p.exists()]
+        near = {when: load(p) for when, p in (("before", d / f"{name}.ceiling.json"),
+                                               ("after", d / f"{name}.ceiling-after.json")) if p.exists()}
         reference = ceil[c]
         if near:
-            values = [n["requests_per_s"] if c == "trivial" else n[CEILING_KEYS[c]] for n in near]
-            reference = sum(values) / len(values)
+            used_adjacent = True
+            values = {when: n["requests_per_s"] if c == "trivial" else n[CEILING_KEYS[c]] for when, n in near.items()}
+            reference = sum(values.values()) / len(values)
             w["adjacent_ceilings"] = values
             w["adjacent_ceiling"] = round(reference, 1)
         ratio = w["requests_per_s"] / reference if reference else 0.0
@@ -77,7 +80,7 @@ for backend in backends:
                  ("pass" if ms < 1000 else "FAIL") if backend == "sqlite" else ""))
     result["backends"][backend] = res
 
-head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio (ceilings before and after)", "vs first", "goal", "")
+head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio (ceilings before and after)" if used_adjacent else "ratio (first ceilings)", "vs first", "goal", "")
 widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 fmt = lambda r: "  ".join(v.rjust(w) if i in (2, 3, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
 print(f'ceilings: RS256 {ceilings["rs256_signatures_per_s_1_thread"]:.0f}/s (1 thread), '

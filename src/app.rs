@@ -147,7 +147,7 @@ async fn respond(
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", request_id = request_id.as_str());
     // Only the Origin is needed afterwards (CORS), not the whole header map.
-    let origin = req.headers().get("origin").cloned();
+    let origin = req.headers().get(poem::http::header::ORIGIN).cloned();
     let mut resp = match policy.preflight(&req) {
         Some(resp) => resp,
         // Reading the body counts against the deadline too (slow uploads).

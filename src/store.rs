@@ -279,13 +279,36 @@ impl Db {
         matches!(tokio::time::timeout(PING_TIMEOUT, check).await, Ok(Ok(())))
     }
 
+    /// One hot-path read. SQLite on a file: on this thread, through
+    /// [`reader`]. PostgreSQL, an in-memory database, or a file still busy
+    /// after the reader's short wait: on a lane (where SQLite's worker thread
+    /// waits out `busy_timeout`, not an async worker), bounded as
+    /// [`Db::bounded`] says. `what` names the query in errors.
+    pub async fn hot_read<T>(
+        &self,
+        what: &'static str,
+        on_sqlite: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+        on_lane: impl for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> LaneQuery<'c, T>,
+    ) -> anyhow::Result<T> {
+        if let Some(reader) = &self.reader
+            && let Some(read) = reader.read(on_sqlite).transpose()
+        {
+            return read.context(what);
+        }
+        let mut lane = self.lane().await?;
+        let query = on_lane(lane.conn());
+        let out = self.bounded(async { query.await.context(what) }).await?;
+        lane.release();
+        Ok(out)
+    }
+
     /// A connection for one hot-path query, outside sqlx's pool; call
     /// [`Lane::release`] once the query succeeded.
     ///
     /// sqlx's pool pings a connection when it is taken and again when it is
     /// given back: a round trip to PostgreSQL, or a hop to the SQLite
     /// connection's worker thread, each time. For a single indexed query that
-    /// is two thirds of the cost. A lane is handed back without a ping, and
+    /// is two thirds of the cost. (SQLite reads of a file run on [`reader`].) A lane is handed back without a ping, and
     /// only by [`Lane::release`]: a lane dropped mid-query (its request was
     /// cancelled) or after an error is closed, never reused. Waits at most
     /// [`ACQUIRE_TIMEOUT`] for a lane or a new connection, then fails as the
@@ -310,11 +333,6 @@ impl Db {
         }
     }
 
-    /// SQLite on a file: reads on the calling thread, see [`reader`].
-    pub fn reader(&self) -> Option<&reader::Reader> {
-        self.reader.as_deref()
-    }
-
     pub async fn close(&self) {
         if let Some(reader) = &self.reader {
             reader.close();
@@ -328,6 +346,9 @@ impl Db {
         }
     }
 }
+
+/// A query on a lane, for [`Db::hot_read`].
+pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'c>>;
 
 /// SQLite: set on every connection.
 /// `mmap_size`: pages are read from a mapping, not by a pread(2) each, after

@@ -3,8 +3,8 @@
 
 use poem::http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY, VARY,
-    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL, CONTENT_SECURITY_POLICY, ORIGIN, REFERRER_POLICY,
+    STRICT_TRANSPORT_SECURITY, VARY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use poem::{Request, Response};
@@ -33,13 +33,13 @@ const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 
 impl HeaderPolicy {
     fn allowed_origin<'r>(&self, req_headers: &'r HeaderMap) -> Option<&'r str> {
-        let origin = req_headers.get("origin")?.to_str().ok()?;
+        let origin = req_headers.get(ORIGIN)?.to_str().ok()?;
         self.cors_origins.iter().any(|o| o == origin).then_some(origin)
     }
 
     /// Answers a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`).
     pub fn preflight(&self, req: &Request) -> Option<Response> {
-        if req.method() != Method::OPTIONS || !req.headers().contains_key("access-control-request-method") {
+        if req.method() != Method::OPTIONS || !req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
             return None;
         }
         let Some(origin) = self.allowed_origin(req.headers()) else {

@@ -11,13 +11,14 @@ use super::login::{LoginRefusal, LoginSuccess, verify_login};
 use crate::app::AppState;
 use crate::domain::{GrantType, Scope};
 use crate::error::{Error, OAuthCode};
+use crate::store::Backend;
 use crate::store::browser::{CodeRow, consume_code, find_code, find_live_browser_session, record_code_issue};
 use crate::store::client::Client;
 use crate::store::login_attempt::clear_login_attempts;
 use crate::store::revocation::insert_revoked_access_token;
 use crate::store::session::{
     NewSession, RefreshGrantRow, find_refresh_grant, find_refresh_token, insert_refresh_token,
-    insert_session, revoke_session, rotate_refresh_token,
+    insert_session, revoke_session, rotate_live_refresh_token, rotate_refresh_token,
 };
 use crate::store::user::{UserRow, find_user};
 use crate::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, ID_TOKEN_TYP, IdClaims, encode};
@@ -246,11 +247,25 @@ async fn refresh_grant(
         return Err(Error::invalid_grant());
     }
     let digest = TokenDigest::of(presented);
+    let next = OpaqueToken::generate(TokenKind::RefreshToken);
+    // PostgreSQL, no scope to narrow: rotate and read in one statement. A
+    // token it did not rotate is read below to learn why (reuse, another
+    // client's, ended), and nothing is rotated twice.
+    if requested.is_none() && state.db.backend() == Backend::Postgres {
+        let ttl = state.settings.refresh_token_ttl;
+        if let Some(found) =
+            rotate_live_refresh_token(&state.db, &digest, &next.digest(), &client.id, now, ttl).await?
+        {
+            let scope = Scope::parse(&found.token.scope).map_err(|e| anyhow::anyhow!("stored scope: {e}"))?;
+            return issue_refreshed(state, client, &found, scope, now, next);
+        }
+    }
     // Read outside the write lock; the rotation below decides atomically.
     let found = find_refresh_grant(&state.db, &digest).await?;
-    let Some(RefreshGrantRow { token: row, user }) = found else {
+    let Some(found) = found else {
         return Err(Error::invalid_grant());
     };
+    let (row, user) = (&found.token, &found.user);
     // Bound to its client (RFC 6749 §6); another client's attempt consumes nothing.
     if row.client_id != client.id {
         return Err(Error::invalid_grant());
@@ -274,7 +289,6 @@ async fn refresh_grant(
             ));
         }
     };
-    let next = OpaqueToken::generate(TokenKind::RefreshToken);
     let expires = (now + state.settings.refresh_token_ttl).min(row.session_expires_at);
     if !rotate_refresh_token(&state.db, &digest, &next.digest(), now, expires).await? {
         // Another request rotated it first: that is reuse too. Otherwise the
@@ -287,13 +301,25 @@ async fn refresh_grant(
         }
         return Err(Error::invalid_grant());
     }
+    issue_refreshed(state, client, &found, scope, now, next)
+}
+
+/// The answer to a refresh that rotated: tokens for the same login.
+fn issue_refreshed(
+    state: &AppState,
+    client: &Client,
+    found: &RefreshGrantRow,
+    scope: Scope,
+    now: i64,
+    next: OpaqueToken,
+) -> Result<TokenGrant, Error> {
     issue_for_user(
         state,
         client,
-        &user,
+        &found.user,
         &Issue {
-            sid: row.sid(),
-            auth_time: row.auth_time,
+            sid: found.token.sid(),
+            auth_time: found.token.auth_time,
             nonce: None,
         },
         scope,

@@ -5,13 +5,14 @@
 //! switches: for one indexed lookup that costs more than the lookup itself.
 //! The queries every Bearer request and every refresh makes (the token's
 //! holder, a revoked `jti`, the refresh grant) run here instead, through
-//! rusqlite on the same SQLite library, on a few connections kept for this.
-//! They are single statements on a WAL database, so they never wait for the
-//! writer; a read that does meet a lock gives up after [`BUSY_TIMEOUT_MS`]
-//! (answered 503) rather than hold an async worker.
+//! rusqlite on the same SQLite library, on a few connections kept for this
+//! ([`crate::store::Db::hot_read`]). Each is one statement on a WAL database,
+//! which does not wait for the writer. A read that does meet a lock (a
+//! checkpoint, recovery) waits [`BUSY_TIMEOUT_MS`] at most on this thread and
+//! then goes to a lane, whose worker thread waits out the long timeout.
 //!
-//! The SQL texts are the ones the PostgreSQL path runs: SQLite numbers `$N`
-//! parameters in order of first appearance, which is how they are bound.
+//! The SQL texts are the ones the PostgreSQL path runs; parameters are bound
+//! by name (`$1`, …), as SQLite names them.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
@@ -19,20 +20,22 @@ use std::sync::{Mutex, PoisonError};
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
-/// A read that meets a lock (a checkpoint, recovery) waits this long at most.
-const BUSY_TIMEOUT_MS: u32 = 250;
-/// Connections kept between reads; more may be open while reads overlap.
-const KEEP: usize = 4;
+/// A read that meets a lock waits this long on the calling thread at most.
+const BUSY_TIMEOUT_MS: u32 = 50;
 
 pub struct Reader {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Connections kept between reads: one per core (reads run on the async
+    /// workers, one per core), at least 4.
+    keep: usize,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Reader {
-    /// A reader for the database at `path`, which must exist; `None` for an
-    /// in-memory database, which other connections cannot see.
+    /// A reader for the database `url` names, whose file must exist; `None`
+    /// for an in-memory database, which other connections cannot see, or one
+    /// not in WAL mode, where a read would wait for the writer.
     pub fn new(url: &str) -> anyhow::Result<Option<Reader>> {
         use std::str::FromStr;
         if url.contains(":memory:") || url.contains("mode=memory") {
@@ -43,10 +46,15 @@ impl Reader {
         let reader = Reader {
             path: options.get_filename().to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            keep: std::thread::available_parallelism().map_or(4, |n| n.get().max(4)),
             closed: std::sync::atomic::AtomicBool::new(false),
         };
         // Fails now, at start, if the file cannot be read this way.
         let conn = reader.open().context("opening the SQLite database for reading")?;
+        let mode: String = conn.query_row("pragma journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(None);
+        }
         reader.give_back(conn);
         Ok(Some(reader))
     }
@@ -65,14 +73,18 @@ impl Reader {
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < KEEP && !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if idle.len() < self.keep && !self.closed.load(std::sync::atomic::Ordering::Acquire) {
             idle.push(conn);
         }
     }
 
-    /// Runs `read` on a connection of this reader, on this thread. A
-    /// connection whose read failed is closed rather than kept.
-    pub fn read<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+    /// Runs `read` on a connection of this reader, on this thread; `None`
+    /// when the database stayed locked for [`BUSY_TIMEOUT_MS`]. A connection
+    /// whose read failed is closed rather than kept.
+    pub fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> anyhow::Result<Option<T>> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(anyhow::Error::new(sqlx::Error::PoolClosed));
         }
@@ -81,9 +93,17 @@ impl Reader {
             Some(conn) => conn,
             None => self.open().context("opening the SQLite database for reading")?,
         };
-        let out = read(&conn).context("reading the SQLite database")?;
-        self.give_back(conn);
-        Ok(out)
+        match read(&conn) {
+            Ok(out) => {
+                self.give_back(conn);
+                Ok(Some(out))
+            }
+            Err(e) if is_locked(&e) => {
+                self.give_back(conn);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// No read is served any more (answered 503); kept connections close.
@@ -93,14 +113,20 @@ impl Reader {
     }
 }
 
-/// rusqlite's failures that mean "not now" rather than "wrong": the file is
-/// locked past the timeout, or cannot be opened or read.
+fn is_locked(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
+}
+
+/// rusqlite's failures that mean "not now" rather than "wrong": the file
+/// cannot be opened or read, or its locks misbehave.
 pub fn is_unavailable(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::{CannotOpen, DatabaseBusy, DatabaseLocked, SystemIoFailure};
-    matches!(
-        e.sqlite_error_code(),
-        Some(DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure)
-    )
+    use rusqlite::ErrorCode::{CannotOpen, FileLockingProtocolFailed, SystemIoFailure};
+    is_locked(e)
+        || matches!(
+            e.sqlite_error_code(),
+            Some(CannotOpen | FileLockingProtocolFailed | SystemIoFailure)
+        )
 }
 
 #[cfg(test)]
@@ -124,6 +150,48 @@ mod tests {
     }
 
     #[test]
+    fn a_database_not_in_wal_mode_has_no_reader() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gatehouse.db");
+        rusqlite::Connection::open(&path)?.execute_batch("create table t (v integer not null);")?;
+        assert!(Reader::new(&format!("sqlite://{}", path.display()))?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_read_that_stays_locked_gives_way_after_the_short_timeout() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gatehouse.db");
+        let writer = rusqlite::Connection::open(&path)?;
+        writer.execute_batch("pragma journal_mode = wal; create table t (v integer not null);")?;
+        let reader = Reader::new(&format!("sqlite://{}", path.display()))?
+            .ok_or_else(|| anyhow::anyhow!("no reader for a file"))?;
+        // In exclusive locking mode a WAL writer keeps the file to itself
+        // (once no other connection has it open).
+        reader
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        writer.execute_batch("pragma locking_mode = exclusive; insert into t (v) values (1);")?;
+        let started = std::time::Instant::now();
+        let read = reader.read(|c| c.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)))?;
+        assert_eq!(read, None, "a locked read is handed to a lane");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // Its connection is kept, and reads again once the lock is gone.
+        drop(writer);
+        assert_eq!(
+            reader.read(|c| c.query_row("select count(*) from t", [], |r| r.get::<_, i64>(0)))?,
+            Some(1)
+        );
+        Ok(())
+    }
+
+    #[test]
     fn reads_see_every_commit_made_before_them_and_none_after_close() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("gatehouse.db");
@@ -140,7 +208,7 @@ mod tests {
         for n in 1..=3 {
             writer.execute("insert into t (v) values ($1)", [n])?;
             // The same kept connection, a fresh snapshot each statement.
-            assert_eq!(count()?, n);
+            assert_eq!(count()?, Some(n));
         }
         // Reads do not write, even by mistake.
         assert!(

@@ -27,16 +27,15 @@ pub async fn insert_revoked_access_token<'e>(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn is_access_token_revoked(db: &Db, jti: &str) -> anyhow::Result<bool> {
     const SQL: &str = "select 1 from revoked_access_token where jti = $1";
-    if let Some(reader) = db.reader() {
-        return reader.read(|c| c.prepare_cached(SQL)?.exists([jti]));
-    }
-    let mut lane = db.lane().await?;
-    let query = sqlx::query_as::<_, (i64,)>(SQL)
-        .bind(jti)
-        .fetch_optional(lane.conn());
-    let row = db
-        .bounded(async { query.await.context("select revoked access token") })
-        .await?;
-    lane.release();
-    Ok(row.is_some())
+    db.hot_read(
+        "select revoked access token",
+        |c| c.prepare_cached(SQL)?.exists(rusqlite::named_params! {"$1": jti}),
+        |conn| {
+            let query = sqlx::query_as::<_, (i64,)>(SQL)
+                .bind(jti.to_owned())
+                .fetch_optional(conn);
+            Box::pin(async move { Ok(query.await?.is_some()) })
+        },
+    )
+    .await
 }

@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 64;
 /// PostgreSQL: how long a batch waits for its answer; a second more than the
 /// lanes' `statement_timeout`, which cancels a slow one on the server (so it
 /// is not committed after its callers were answered 503).
-const ROTATION_TIMEOUT: Duration = Duration::from_secs(4);
+pub(super) const ROTATION_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// One rotation: insert `next` in place of `used`, if `used` is still live.
 pub struct Rotation {

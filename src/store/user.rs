@@ -132,29 +132,30 @@ pub async fn find_token_holder(
              and s.revoked_at is null and s.expires_at > $5)"
         )
     });
-    if let Some(reader) = db.reader() {
-        return reader.read(|c| {
+    db.hot_read(
+        "select token holder",
+        |c| {
+            let params = rusqlite::named_params! {
+                "$1": token.sub, "$2": token.jti, "$3": token.sid, "$4": token.client_id, "$5": now,
+            };
             c.prepare_cached(&SQL)?
-                .query_row(
-                    rusqlite::params![token.sub, token.jti, token.sid, token.client_id, now],
-                    UserRow::from_sqlite,
-                )
+                .query_row(params, UserRow::from_sqlite)
                 .optional()
-        });
-    }
-    let mut lane = db.lane().await?;
-    let query = sqlx::query_as(SQL.as_str())
-        .bind(token.sub)
-        .bind(token.jti)
-        .bind(token.sid)
-        .bind(token.client_id)
-        .bind(now)
-        .fetch_optional(lane.conn());
-    let found = db
-        .bounded(async { query.await.context("select token holder") })
-        .await?;
-    lane.release();
-    Ok(found)
+        },
+        // Owned arguments: the lane, and so the query's lifetime, is chosen inside `hot_read`.
+        |conn| {
+            Box::pin(
+                sqlx::query_as(SQL.as_str())
+                    .bind(token.sub.to_owned())
+                    .bind(token.jti.to_owned())
+                    .bind(token.sid.to_owned())
+                    .bind(token.client_id.to_owned())
+                    .bind(now)
+                    .fetch_optional(conn),
+            )
+        },
+    )
+    .await
 }
 
 /// What an access token says about whose it is.
