@@ -19,6 +19,7 @@ pub mod key;
 pub mod login_attempt;
 pub mod mail;
 pub mod prune;
+pub mod read_batch;
 pub mod reader;
 pub mod revocation;
 pub mod rotation;
@@ -56,6 +57,9 @@ pub struct Db {
     rotations: Option<rotation::RotationQueue>,
     /// SQLite on a file: the hottest reads, on the calling thread.
     reader: Option<Arc<reader::Reader>>,
+    /// PostgreSQL: the hottest reads of concurrent requests, asked together.
+    token_holders: Option<Arc<read_batch::ReadBatcher<user::TokenHolders>>>,
+    revoked_jtis: Option<Arc<read_batch::ReadBatcher<revocation::RevokedJtis>>>,
 }
 
 /// A write transaction; on SQLite it also holds the process's write lock.
@@ -211,6 +215,9 @@ impl Db {
             Backend::Sqlite => reader::Reader::new(&url)?.map(Arc::new),
             Backend::Postgres => None,
         };
+        let postgres = backend == Backend::Postgres;
+        let token_holders = postgres.then(|| Arc::new(read_batch::ReadBatcher::start(lanes.clone())));
+        let revoked_jtis = postgres.then(|| Arc::new(read_batch::ReadBatcher::start(lanes.clone())));
         Ok(Db {
             pool,
             backend,
@@ -219,6 +226,8 @@ impl Db {
             lanes,
             rotations,
             reader,
+            token_holders,
+            revoked_jtis,
         })
     }
 
@@ -300,6 +309,16 @@ impl Db {
         let out = self.bounded(async { query.await.context(what) }).await?;
         lane.release();
         Ok(out)
+    }
+
+    /// PostgreSQL: token-holder checks of concurrent requests, asked together.
+    pub fn token_holders(&self) -> Option<&read_batch::ReadBatcher<user::TokenHolders>> {
+        self.token_holders.as_deref()
+    }
+
+    /// PostgreSQL: revoked-`jti` checks of concurrent requests, asked together.
+    pub fn revoked_jtis(&self) -> Option<&read_batch::ReadBatcher<revocation::RevokedJtis>> {
+        self.revoked_jtis.as_deref()
     }
 
     /// A connection for one hot-path query, outside sqlx's pool; call

@@ -1,9 +1,10 @@
 //! Access tokens revoked before they expire (RFC 7009), remembered by `jti`.
 
 use anyhow::Context;
-use sqlx::{Any, Executor};
+use sqlx::{Any, Executor, Row};
 
-use crate::store::Db;
+use crate::store::read_batch::{self, BatchRead};
+use crate::store::{Db, LaneQuery};
 
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_revoked_access_token<'e>(
@@ -27,6 +28,11 @@ pub async fn insert_revoked_access_token<'e>(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn is_access_token_revoked(db: &Db, jti: &str) -> anyhow::Result<bool> {
     const SQL: &str = "select 1 from revoked_access_token where jti = $1";
+    if let Some(batch) = db.revoked_jtis()
+        && let Some(found) = batch.ask(jti.to_owned()).await
+    {
+        return found;
+    }
     db.hot_read(
         "select revoked access token",
         |c| c.prepare_cached(SQL)?.exists(rusqlite::named_params! {"$1": jti}),
@@ -38,4 +44,43 @@ pub async fn is_access_token_revoked(db: &Db, jti: &str) -> anyhow::Result<bool>
         },
     )
     .await
+}
+
+/// [`is_access_token_revoked`] for many `jti`s in one statement (PostgreSQL).
+pub struct RevokedJtis;
+
+impl BatchRead for RevokedJtis {
+    type Key = String;
+    type Answer = bool;
+    const WHAT: &'static str = "select revoked access tokens";
+
+    fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [String]) -> LaneQuery<'c, Vec<bool>> {
+        static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            read_batch::statements(|n| {
+                format!(
+                    "select k.i from (values {}) as k (i, jti) \
+                     where exists (select 1 from revoked_access_token r where r.jti = k.jti)",
+                    read_batch::values(n, 2)
+                )
+            })
+        });
+        Box::pin(async move {
+            let (sql, size) = read_batch::statement(&SQL, keys.len());
+            let mut query = sqlx::query(sql);
+            for (i, jti) in keys.iter().enumerate() {
+                query = query.bind(i as i64).bind(jti.as_str());
+            }
+            for _ in keys.len()..size {
+                query = query.bind(-1i64).bind("");
+            }
+            let mut revoked = vec![false; keys.len()];
+            for row in query.fetch_all(conn).await? {
+                let i: i64 = row.try_get(0)?;
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| revoked.get_mut(i)) {
+                    *slot = true;
+                }
+            }
+            Ok(revoked)
+        })
+    }
 }

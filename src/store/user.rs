@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use rusqlite::OptionalExtension;
-use sqlx::{Any, Executor, FromRow};
+use sqlx::{Any, Executor, FromRow, Row};
 
-use crate::store::Db;
+use crate::store::read_batch::{self, BatchRead};
+use crate::store::{Db, LaneQuery};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRow {
@@ -132,6 +133,18 @@ pub async fn find_token_holder(
              and s.revoked_at is null and s.expires_at > $5)"
         )
     });
+    if let Some(batch) = db.token_holders() {
+        let key = TokenHolderKey {
+            sub: token.sub.to_owned(),
+            jti: token.jti.to_owned(),
+            sid: token.sid.to_owned(),
+            client_id: token.client_id.to_owned(),
+            now,
+        };
+        if let Some(found) = batch.ask(key).await {
+            return found;
+        }
+    }
     db.hot_read(
         "select token holder",
         |c| {
@@ -156,6 +169,71 @@ pub async fn find_token_holder(
         },
     )
     .await
+}
+
+/// [`find_token_holder`] for many tokens in one statement (PostgreSQL).
+pub struct TokenHolders;
+
+/// One token for [`TokenHolders`].
+pub struct TokenHolderKey {
+    pub sub: String,
+    pub jti: String,
+    pub sid: String,
+    pub client_id: String,
+    pub now: i64,
+}
+
+impl BatchRead for TokenHolders {
+    type Key = TokenHolderKey;
+    type Answer = Option<UserRow>;
+    const WHAT: &'static str = "select token holders";
+
+    fn run<'c>(
+        conn: &'c mut sqlx::AnyConnection,
+        keys: &'c [TokenHolderKey],
+    ) -> LaneQuery<'c, Vec<Option<UserRow>>> {
+        static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            read_batch::statements(|n| {
+                format!(
+                    "with k (i, sub, jti, sid, client_id) as (values {}) \
+                     select k.i, {} from k join user_account u on u.id = k.sub where u.disabled_at is null \
+                     and not exists (select 1 from revoked_access_token r where r.jti = k.jti) \
+                     and exists (select 1 from login_session s where s.user_id = u.id \
+                     and (s.id = k.sid or (s.browser_session_id = k.sid and s.client_id = k.client_id)) \
+                     and s.revoked_at is null and s.expires_at > ${}::bigint)",
+                    read_batch::values(n, 5),
+                    qualified_columns("u"),
+                    5 * n + 1
+                )
+            })
+        });
+        Box::pin(async move {
+            let (sql, size) = read_batch::statement(&SQL, keys.len());
+            let mut query = sqlx::query(sql);
+            for (i, k) in keys.iter().enumerate() {
+                query = query
+                    .bind(i as i64)
+                    .bind(k.sub.as_str())
+                    .bind(k.jti.as_str())
+                    .bind(k.sid.as_str())
+                    .bind(k.client_id.as_str());
+            }
+            for _ in keys.len()..size {
+                query = query.bind(-1i64).bind("").bind("").bind("").bind("");
+            }
+            // The latest instant of the batch: a login must be live now.
+            let now = keys.iter().map(|k| k.now).max().unwrap_or_default();
+            let rows = query.bind(now).fetch_all(conn).await?;
+            let mut found: Vec<Option<UserRow>> = keys.iter().map(|_| None).collect();
+            for row in &rows {
+                let i: i64 = row.try_get("i")?;
+                if let Some(slot) = usize::try_from(i).ok().and_then(|i| found.get_mut(i)) {
+                    *slot = Some(UserRow::from_row(row)?);
+                }
+            }
+            Ok(found)
+        })
+    }
 }
 
 /// What an access token says about whose it is.

@@ -594,3 +594,29 @@ pub fn postgres_host(url: &str) -> String {
 pub async fn empty_database_url(dir: &std::path::Path) -> String {
     fresh_database(dir).await
 }
+
+/// Runs futures concurrently on this task, like `futures::future::join_all`.
+pub async fn futures_join_all<T, F: std::future::Future<Output = T>>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let mut set: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<T>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

@@ -281,3 +281,80 @@ async fn deleting_a_client_ends_its_tokens() {
         401
     );
 }
+
+/// Concurrent checks share database statements (batched on PostgreSQL, on
+/// the calling thread on SQLite): each must still get its own token's answer.
+#[tokio::test]
+async fn concurrent_bearer_checks_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let web = app.web_client().await;
+    let api = app.create_client(&["--grant", "client_credentials"]).await;
+    let mut subs = Vec::new();
+    let mut user_tokens = Vec::new();
+    for name in ["ada", "dan", "bob", "cy"] {
+        let email = format!("{name}@example.com");
+        subs.push(app.create_user(&email).await);
+        user_tokens.push(app.login(&web, &email, Some("openid")).await);
+    }
+    // bob's login ends (its refresh token revoked); cy's access token is revoked.
+    let bob_rt = user_tokens[2]["refresh_token"].as_str().unwrap();
+    let ended = app.post_form("/oauth2/revoke", &web, &[("token", bob_rt)]).await;
+    assert_eq!(ended.status(), 200);
+    let cy_at = user_tokens[3]["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.post_form("/oauth2/revoke", &web, &[("token", cy_at)])
+            .await
+            .status(),
+        200
+    );
+    let mut client_tokens = Vec::new();
+    for _ in 0..2 {
+        let resp = app.token(&api, &[("grant_type", "client_credentials")]).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        client_tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        app.post_form("/oauth2/revoke", &api, &[("token", client_tokens[1].as_str())])
+            .await
+            .status(),
+        200
+    );
+
+    // 96 checks at once, the six tokens interleaved.
+    let checks = (0..96).map(|i| {
+        let (app, api, user_tokens, client_tokens) = (&app, &api, &user_tokens, &client_tokens);
+        async move {
+            let which = i % 6;
+            if which < 4 {
+                let resp = app
+                    .userinfo(user_tokens[which]["access_token"].as_str().unwrap())
+                    .await;
+                let status = resp.status().as_u16();
+                let sub = resp
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["sub"].as_str().map(str::to_owned));
+                (which, status, sub)
+            } else {
+                let body = app.introspect(api, &client_tokens[which - 4]).await;
+                let active = body["active"].as_bool().unwrap();
+                (which, if active { 200 } else { 401 }, None)
+            }
+        }
+    });
+    let answers = futures_join_all(checks).await;
+    assert_eq!(answers.len(), 96);
+    for (which, status, sub) in answers {
+        match which {
+            // ada and dan: live, and each sees only their own claims.
+            0 | 1 => assert_eq!((status, sub.as_deref()), (200, Some(subs[which].as_str()))),
+            // bob's login ended, cy's token revoked: refused.
+            2 | 3 => assert_eq!(status, 401, "token {which}"),
+            // The live client token is active, the revoked one is not.
+            4 => assert_eq!(status, 200),
+            _ => assert_eq!(status, 401),
+        }
+    }
+}

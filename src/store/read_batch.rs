@@ -1,0 +1,177 @@
+//! PostgreSQL only: the hottest reads of concurrent requests, asked together.
+//!
+//! Every Bearer request checks its token in the database (SPEC §5: no stale
+//! cache). One query per request spends most of its time on what does not
+//! depend on the request: a round trip, a wake-up of a server process, and
+//! starting the executor. So the requests that arrive while a query is out
+//! queue here, and the next free worker asks for all of them (at most
+//! [`MAX_BATCH`]) in one statement. A request that finds a worker idle is
+//! asked for at once, alone: batching adds no wait, it only shares the trips
+//! that queueing would have made anyway. Each answer comes from a statement
+//! that started after its request arrived, so a revocation committed before
+//! the request is always seen.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{ACQUIRE_TIMEOUT, LaneQuery, Lanes};
+
+/// Keys asked in one statement, at most.
+const MAX_BATCH: usize = 32;
+
+/// Workers per kind of read: statements in flight at once.
+const WORKERS: usize = 3;
+
+/// One kind of batched read.
+pub trait BatchRead: Send + Sync + 'static {
+    type Key: Send + Sync + 'static;
+    type Answer: Send + 'static;
+    /// Names the read in errors.
+    const WHAT: &'static str;
+    /// One answer per key, in the keys' order.
+    fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [Self::Key]) -> LaneQuery<'c, Vec<Self::Answer>>;
+}
+
+/// `Err(true)`: the database is out of reach; `Err(false)`: the batch failed
+/// otherwise, and the caller asks alone to learn why.
+type Answer<A> = Result<A, bool>;
+type Queued<R> = (
+    <R as BatchRead>::Key,
+    oneshot::Sender<Answer<<R as BatchRead>::Answer>>,
+);
+
+pub struct ReadBatcher<R: BatchRead> {
+    sender: mpsc::UnboundedSender<Queued<R>>,
+}
+
+impl<R: BatchRead> ReadBatcher<R> {
+    /// Starts the workers; they end when the batcher is dropped.
+    pub(super) fn start(lanes: Arc<Lanes>) -> ReadBatcher<R> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WORKERS {
+            tokio::spawn(work::<R>(receiver.clone(), lanes.clone()));
+        }
+        ReadBatcher { sender }
+    }
+
+    /// Queues `key` and waits for its answer; `None` when its batch failed
+    /// for another reason than an unreachable database: the caller then asks
+    /// alone, to get its own answer or error.
+    pub async fn ask(&self, key: R::Key) -> Option<anyhow::Result<R::Answer>> {
+        let (answer, answered) = oneshot::channel();
+        if self.sender.send((key, answer)).is_err() {
+            return None;
+        }
+        match answered.await.unwrap_or(Err(false)) {
+            Ok(found) => Some(Ok(found)),
+            Err(true) => Some(Err(anyhow::Error::new(sqlx::Error::PoolTimedOut).context(R::WHAT))),
+            Err(false) => None,
+        }
+    }
+}
+
+async fn work<R: BatchRead>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>, lanes: Arc<Lanes>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // One worker waits for work at a time; it takes all that queued.
+        if receiver.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        // Nobody waits for these any more (a request timed out or went away).
+        batch.retain(|(_, answer): &Queued<R>| !answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (keys, answers): (Vec<R::Key>, Vec<_>) = batch.drain(..).unzip();
+        match ask::<R>(&lanes, &keys).await {
+            Ok(found) if found.len() == keys.len() => {
+                for (answer, value) in answers.into_iter().zip(found) {
+                    let _ = answer.send(Ok(value));
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    "{}: a batch of {} got the wrong number of answers",
+                    R::WHAT,
+                    keys.len()
+                );
+                for answer in answers {
+                    let _ = answer.send(Err(false));
+                }
+            }
+            Err(e) => {
+                let unavailable = crate::error::database_unavailable(&e);
+                if !unavailable {
+                    tracing::warn!("{}: a batch of {} failed: {e:#}", R::WHAT, keys.len());
+                }
+                for answer in answers {
+                    let _ = answer.send(Err(unavailable));
+                }
+            }
+        }
+    }
+}
+
+async fn ask<R: BatchRead>(lanes: &Lanes, keys: &[R::Key]) -> anyhow::Result<Vec<R::Answer>> {
+    let mut lane = lanes.lane().await?;
+    let found = tokio::time::timeout(ACQUIRE_TIMEOUT, R::run(lane.conn(), keys))
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        .context(R::WHAT)?;
+    lane.release();
+    Ok(found)
+}
+
+/// The statement for each batch size (1, 2, 4 … [`MAX_BATCH`]), made by
+/// `sql` once: batches are padded to a power of two with keys that match
+/// nothing, so only these few texts are ever prepared.
+pub fn statements(sql: impl Fn(usize) -> String) -> Vec<String> {
+    (0..=MAX_BATCH.trailing_zeros()).map(|p| sql(1 << p)).collect()
+}
+
+/// `statements[…]` for `len` keys, and how many rows it has.
+pub fn statement(statements: &[String], len: usize) -> (&str, usize) {
+    let size = len.next_power_of_two();
+    let index = (size.trailing_zeros() as usize).min(statements.len().saturating_sub(1));
+    (statements.get(index).map_or("", String::as_str), size)
+}
+
+/// `(v1, v2, …), …` for `rows` rows of `width` parameters each, the first
+/// cast to `bigint` (a row's index) and the rest to `text`.
+pub fn values(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=width)
+                .map(|c| {
+                    let n = r * width + c;
+                    if c == 1 {
+                        format!("${n}::bigint")
+                    } else {
+                        format!("${n}::text")
+                    }
+                })
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_number_parameters_row_by_row() {
+        assert_eq!(
+            super::values(2, 3),
+            "($1::bigint, $2::text, $3::text), ($4::bigint, $5::text, $6::text)"
+        );
+        let statements = super::statements(|n| n.to_string());
+        assert_eq!(statements.len(), 6);
+        assert_eq!(super::statement(&statements, 1), ("1", 1));
+        assert_eq!(super::statement(&statements, 5), ("8", 8));
+        assert_eq!(super::statement(&statements, 32), ("32", 32));
+    }
+}
