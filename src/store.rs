@@ -12,6 +12,7 @@
 //! pool on PostgreSQL.
 
 pub mod account_token;
+pub mod batch;
 pub mod browser;
 pub mod client;
 pub mod client_cache;
@@ -19,7 +20,6 @@ pub mod key;
 pub mod login_attempt;
 pub mod mail;
 pub mod prune;
-pub mod read_batch;
 pub mod reader;
 pub mod revocation;
 pub mod rotation;
@@ -58,8 +58,8 @@ pub struct Db {
     /// SQLite on a file: the hottest reads, on the calling thread.
     reader: Option<Arc<reader::Reader>>,
     /// PostgreSQL: the hottest reads of concurrent requests, asked together.
-    token_holders: Option<Arc<read_batch::ReadBatcher<user::TokenHolders>>>,
-    revoked_jtis: Option<Arc<read_batch::ReadBatcher<revocation::RevokedJtis>>>,
+    token_holders: Option<Arc<batch::Batcher<user::TokenHolders>>>,
+    revoked_jtis: Option<Arc<batch::Batcher<revocation::RevokedJtis>>>,
 }
 
 /// A write transaction; on SQLite it also holds the process's write lock.
@@ -216,8 +216,8 @@ impl Db {
             Backend::Postgres => None,
         };
         let postgres = backend == Backend::Postgres;
-        let token_holders = postgres.then(|| Arc::new(read_batch::ReadBatcher::start(lanes.clone())));
-        let revoked_jtis = postgres.then(|| Arc::new(read_batch::ReadBatcher::start(lanes.clone())));
+        let token_holders = postgres.then(|| Arc::new(batch::Batcher::start(lanes.clone())));
+        let revoked_jtis = postgres.then(|| Arc::new(batch::Batcher::start(lanes.clone())));
         Ok(Db {
             pool,
             backend,
@@ -312,13 +312,18 @@ impl Db {
     }
 
     /// PostgreSQL: token-holder checks of concurrent requests, asked together.
-    pub fn token_holders(&self) -> Option<&read_batch::ReadBatcher<user::TokenHolders>> {
+    pub fn token_holders(&self) -> Option<&batch::Batcher<user::TokenHolders>> {
         self.token_holders.as_deref()
     }
 
     /// PostgreSQL: revoked-`jti` checks of concurrent requests, asked together.
-    pub fn revoked_jtis(&self) -> Option<&read_batch::ReadBatcher<revocation::RevokedJtis>> {
+    pub fn revoked_jtis(&self) -> Option<&batch::Batcher<revocation::RevokedJtis>> {
         self.revoked_jtis.as_deref()
+    }
+
+    /// Runs the statement of a [`batch::Batch`] for `key` alone, on a lane.
+    pub async fn alone<R: batch::Batch>(&self, key: R::Key) -> anyhow::Result<R::Answer> {
+        batch::alone::<R>(&self.lanes, key).await
     }
 
     /// A connection for one hot-path query, outside sqlx's pool; call

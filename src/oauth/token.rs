@@ -17,7 +17,7 @@ use crate::store::client::Client;
 use crate::store::login_attempt::clear_login_attempts;
 use crate::store::revocation::insert_revoked_access_token;
 use crate::store::session::{
-    NewSession, RefreshGrantRow, find_refresh_grant, find_refresh_token, insert_refresh_token,
+    LiveRotation, NewSession, RefreshGrantRow, find_refresh_grant, find_refresh_token, insert_refresh_token,
     insert_session, revoke_session, rotate_live_refresh_token, rotate_refresh_token,
 };
 use crate::store::user::{UserRow, find_user};
@@ -252,10 +252,14 @@ async fn refresh_grant(
     // token it did not rotate is read below to learn why (reuse, another
     // client's, ended), and nothing is rotated twice.
     if requested.is_none() && state.db.backend() == Backend::Postgres {
-        let ttl = state.settings.refresh_token_ttl;
-        if let Some(found) =
-            rotate_live_refresh_token(&state.db, &digest, &next.digest(), &client.id, now, ttl).await?
-        {
+        let rotation = LiveRotation {
+            used: digest.clone(),
+            next: next.digest(),
+            client_id: client.id.clone(),
+            now,
+            ttl: state.settings.refresh_token_ttl,
+        };
+        if let Some(found) = rotate_live_refresh_token(&state.db, rotation).await? {
             let scope = Scope::parse(&found.token.scope).map_err(|e| anyhow::anyhow!("stored scope: {e}"))?;
             return issue_refreshed(state, client, &found, scope, now, next);
         }

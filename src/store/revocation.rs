@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sqlx::{Any, Executor, Row};
 
-use crate::store::read_batch::{self, BatchRead};
+use crate::store::batch::{self, Batch};
 use crate::store::{Db, LaneQuery};
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -49,23 +49,23 @@ pub async fn is_access_token_revoked(db: &Db, jti: &str) -> anyhow::Result<bool>
 /// [`is_access_token_revoked`] for many `jti`s in one statement (PostgreSQL).
 pub struct RevokedJtis;
 
-impl BatchRead for RevokedJtis {
+impl Batch for RevokedJtis {
     type Key = String;
     type Answer = bool;
     const WHAT: &'static str = "select revoked access tokens";
 
     fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [String]) -> LaneQuery<'c, Vec<bool>> {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-            read_batch::statements(|n| {
+            batch::statements(|n| {
                 format!(
                     "select k.i from (values {}) as k (i, jti) \
                      where exists (select 1 from revoked_access_token r where r.jti = k.jti)",
-                    read_batch::values(n, 2)
+                    batch::values(n, &["bigint", "text"])
                 )
             })
         });
         Box::pin(async move {
-            let (sql, size) = read_batch::statement(&SQL, keys.len());
+            let (sql, size) = batch::statement(&SQL, keys.len());
             let mut query = sqlx::query(sql);
             for (i, jti) in keys.iter().enumerate() {
                 query = query.bind(i as i64).bind(jti.as_str());

@@ -4,7 +4,7 @@ use anyhow::Context;
 use rusqlite::OptionalExtension;
 use sqlx::{Any, Executor, FromRow, Row};
 
-use crate::store::read_batch::{self, BatchRead};
+use crate::store::batch::{self, Batch};
 use crate::store::{Db, LaneQuery};
 
 #[derive(Debug, Clone, FromRow)]
@@ -183,7 +183,7 @@ pub struct TokenHolderKey {
     pub now: i64,
 }
 
-impl BatchRead for TokenHolders {
+impl Batch for TokenHolders {
     type Key = TokenHolderKey;
     type Answer = Option<UserRow>;
     const WHAT: &'static str = "select token holders";
@@ -193,7 +193,7 @@ impl BatchRead for TokenHolders {
         keys: &'c [TokenHolderKey],
     ) -> LaneQuery<'c, Vec<Option<UserRow>>> {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-            read_batch::statements(|n| {
+            batch::statements(|n| {
                 format!(
                     "with k (i, sub, jti, sid, client_id) as (values {}) \
                      select k.i, {} from k join user_account u on u.id = k.sub where u.disabled_at is null \
@@ -201,14 +201,14 @@ impl BatchRead for TokenHolders {
                      and exists (select 1 from login_session s where s.user_id = u.id \
                      and (s.id = k.sid or (s.browser_session_id = k.sid and s.client_id = k.client_id)) \
                      and s.revoked_at is null and s.expires_at > ${}::bigint)",
-                    read_batch::values(n, 5),
+                    batch::values(n, &["bigint", "text", "text", "text", "text"]),
                     qualified_columns("u"),
                     5 * n + 1
                 )
             })
         });
         Box::pin(async move {
-            let (sql, size) = read_batch::statement(&SQL, keys.len());
+            let (sql, size) = batch::statement(&SQL, keys.len());
             let mut query = sqlx::query(sql);
             for (i, k) in keys.iter().enumerate() {
                 query = query

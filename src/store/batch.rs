@@ -1,4 +1,7 @@
-//! PostgreSQL only: the hottest reads of concurrent requests, asked together.
+//! PostgreSQL only: the hottest reads of concurrent requests, run together
+//! (the token checks of Bearer requests). A refresh rotation's statement is
+//! written the same way but runs alone ([`alone`]): batching rotations
+//! measured no faster.
 //!
 //! Every Bearer request checks its token in the database (SPEC §5: no stale
 //! cache). One query per request spends most of its time on what does not
@@ -12,6 +15,7 @@
 //! the request is always seen.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -21,15 +25,19 @@ use super::{ACQUIRE_TIMEOUT, LaneQuery, Lanes};
 /// Keys asked in one statement, at most.
 const MAX_BATCH: usize = 32;
 
-/// Workers per kind of read: statements in flight at once.
+/// Workers per kind: statements in flight at once.
 const WORKERS: usize = 3;
 
-/// One kind of batched read.
-pub trait BatchRead: Send + Sync + 'static {
+/// One kind of batched statement.
+pub trait Batch: Send + Sync + 'static {
     type Key: Send + Sync + 'static;
     type Answer: Send + 'static;
-    /// Names the read in errors.
+    /// Names the statement in errors.
     const WHAT: &'static str;
+    /// How long a batch may take before its callers are answered 503. A
+    /// write waits longer than the lanes' `statement_timeout`, which cancels
+    /// it on the server first, so nothing answered 503 is committed later.
+    const TIMEOUT: Duration = ACQUIRE_TIMEOUT;
     /// One answer per key, in the keys' order.
     fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [Self::Key]) -> LaneQuery<'c, Vec<Self::Answer>>;
 }
@@ -37,24 +45,21 @@ pub trait BatchRead: Send + Sync + 'static {
 /// `Err(true)`: the database is out of reach; `Err(false)`: the batch failed
 /// otherwise, and the caller asks alone to learn why.
 type Answer<A> = Result<A, bool>;
-type Queued<R> = (
-    <R as BatchRead>::Key,
-    oneshot::Sender<Answer<<R as BatchRead>::Answer>>,
-);
+type Queued<R> = (<R as Batch>::Key, oneshot::Sender<Answer<<R as Batch>::Answer>>);
 
-pub struct ReadBatcher<R: BatchRead> {
+pub struct Batcher<R: Batch> {
     sender: mpsc::UnboundedSender<Queued<R>>,
 }
 
-impl<R: BatchRead> ReadBatcher<R> {
+impl<R: Batch> Batcher<R> {
     /// Starts the workers; they end when the batcher is dropped.
-    pub(super) fn start(lanes: Arc<Lanes>) -> ReadBatcher<R> {
+    pub(super) fn start(lanes: Arc<Lanes>) -> Batcher<R> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WORKERS {
             tokio::spawn(work::<R>(receiver.clone(), lanes.clone()));
         }
-        ReadBatcher { sender }
+        Batcher { sender }
     }
 
     /// Queues `key` and waits for its answer; `None` when its batch failed
@@ -73,7 +78,7 @@ impl<R: BatchRead> ReadBatcher<R> {
     }
 }
 
-async fn work<R: BatchRead>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>, lanes: Arc<Lanes>) {
+async fn work<R: Batch>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>, lanes: Arc<Lanes>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         // One worker waits for work at a time; it takes all that queued.
@@ -115,9 +120,15 @@ async fn work<R: BatchRead>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R
     }
 }
 
-async fn ask<R: BatchRead>(lanes: &Lanes, keys: &[R::Key]) -> anyhow::Result<Vec<R::Answer>> {
+/// `key` alone, on a lane: a batch of one.
+pub(super) async fn alone<R: Batch>(lanes: &Lanes, key: R::Key) -> anyhow::Result<R::Answer> {
+    let mut found = ask::<R>(lanes, std::slice::from_ref(&key)).await?;
+    found.pop().with_context(|| format!("{}: no answer", R::WHAT))
+}
+
+async fn ask<R: Batch>(lanes: &Lanes, keys: &[R::Key]) -> anyhow::Result<Vec<R::Answer>> {
     let mut lane = lanes.lane().await?;
-    let found = tokio::time::timeout(ACQUIRE_TIMEOUT, R::run(lane.conn(), keys))
+    let found = tokio::time::timeout(R::TIMEOUT, R::run(lane.conn(), keys))
         .await
         .unwrap_or(Err(sqlx::Error::PoolTimedOut))
         .context(R::WHAT)?;
@@ -139,20 +150,14 @@ pub fn statement(statements: &[String], len: usize) -> (&str, usize) {
     (statements.get(index).map_or("", String::as_str), size)
 }
 
-/// `(v1, v2, …), …` for `rows` rows of `width` parameters each, the first
-/// cast to `bigint` (a row's index) and the rest to `text`.
-pub fn values(rows: usize, width: usize) -> String {
+/// `($1::t1, $2::t2, …), …`: `rows` rows of one parameter per type.
+pub fn values(rows: usize, types: &[&str]) -> String {
     (0..rows)
         .map(|r| {
-            let cells: Vec<String> = (1..=width)
-                .map(|c| {
-                    let n = r * width + c;
-                    if c == 1 {
-                        format!("${n}::bigint")
-                    } else {
-                        format!("${n}::text")
-                    }
-                })
+            let cells: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(c, t)| format!("${}::{t}", r * types.len() + c + 1))
                 .collect();
             format!("({})", cells.join(", "))
         })
@@ -165,7 +170,7 @@ mod tests {
     #[test]
     fn values_number_parameters_row_by_row() {
         assert_eq!(
-            super::values(2, 3),
+            super::values(2, &["bigint", "text", "text"]),
             "($1::bigint, $2::text, $3::text), ($4::bigint, $5::text, $6::text)"
         );
         let statements = super::statements(|n| n.to_string());
