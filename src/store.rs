@@ -377,8 +377,13 @@ pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx
 /// SQLite: set on every connection.
 /// `mmap_size`: pages are read from a mapping, not by a pread(2) each, after
 /// another connection's commit made the page cache stale.
+/// `wal_autocheckpoint`: the WAL is copied back into the database every
+/// 10,000 pages (40 MiB) rather than every 1,000, so a page written by many
+/// commits in between is copied once; refresh rotations went 3,665-3,691 ->
+/// 3,973-4,239/s. The WAL file may grow to about that size.
 const SQLITE_PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
-     pragma foreign_keys = on; pragma synchronous = normal; pragma mmap_size = 268435456;";
+     pragma foreign_keys = on; pragma synchronous = normal; pragma mmap_size = 268435456; \
+     pragma wal_autocheckpoint = 10000;";
 
 /// PostgreSQL: set on every lane (milliseconds, = [`ACQUIRE_TIMEOUT`]).
 const POSTGRES_LANE_SETTINGS: &str = "set statement_timeout = 3000";
