@@ -1,13 +1,20 @@
-//! Password hashing with argon2id, always on the blocking pool behind a
-//! semaphore sized to the cores, never on the async workers.
+//! Password hashing with argon2id, on a few threads of its own (one per
+//! core), never on the async workers.
+//!
+//! The threads take jobs from one queue: a thread that finishes a hash starts
+//! the next at once. (On the blocking pool behind a semaphore, the next hash
+//! started only once an async worker had run to hand it over, and with every
+//! core busy hashing that worker waited for the scheduler: a gap between
+//! hashes.) A job whose requester has gone (its request timed out, the client
+//! left) is dropped unstarted.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use anyhow::Context;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 /// OWASP's argon2id minimum: m = 19 MiB, t = 2, p = 1.
 fn params() -> Params {
@@ -16,7 +23,7 @@ fn params() -> Params {
 
 #[derive(Clone)]
 pub struct Hasher {
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     /// Verified when there is no user, so that path takes the same time.
     dummy_hash: Arc<str>,
 }
@@ -30,57 +37,83 @@ pub enum Verdict {
     RightNeedsRehash,
 }
 
+enum Work {
+    Hash(oneshot::Sender<anyhow::Result<String>>),
+    Verify(String, oneshot::Sender<Verdict>),
+}
+
+struct Job {
+    password: SecretString,
+    work: Work,
+    span: tracing::Span,
+}
+
+impl Job {
+    fn run(self) {
+        let _entered = self.span.enter();
+        match self.work {
+            Work::Hash(answer) if !answer.is_closed() => {
+                let _ = answer.send(hash_blocking(&self.password));
+            }
+            Work::Verify(stored, answer) if !answer.is_closed() => {
+                let _ = answer.send(verify_blocking(&self.password, &stored));
+            }
+            // Nobody waits for this one any more.
+            _ => {}
+        }
+    }
+}
+
 impl Hasher {
+    /// Starts one hashing thread per core; they end with the last clone.
     pub fn new() -> anyhow::Result<Hasher> {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let dummy = hash_blocking(&SecretString::from("gatehouse dummy password"))?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..cores {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("gatehouse-argon2".into())
+                .spawn(move || {
+                    loop {
+                        // One idle thread waits on the queue at a time.
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job.run(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .context("starting a password hashing thread")?;
+        }
         Ok(Hasher {
-            permits: Arc::new(Semaphore::new(cores)),
+            jobs,
             dummy_hash: dummy.into(),
         })
     }
 
-    /// How many hashes may run at once.
-    pub fn permits(&self) -> usize {
-        self.permits.available_permits()
+    fn queue(&self, password: SecretString, work: Work) -> anyhow::Result<()> {
+        let span = tracing::Span::current();
+        self.jobs
+            .send(Job { password, work, span })
+            .map_err(|_| anyhow::anyhow!("hasher closed"))
     }
 
     pub async fn hash(&self, password: SecretString) -> anyhow::Result<String> {
-        // The permit moves into the blocking job: if this future is dropped
-        // (client gone, timeout), the slot stays taken until argon2 is done.
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .context("hasher closed")?;
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            span.in_scope(|| hash_blocking(&password))
-        })
-        .await
-        .context("hash task")?
+        let (answer, answered) = oneshot::channel();
+        self.queue(password, Work::Hash(answer))?;
+        answered.await.context("hash job")?
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when
     /// `stored` is `None`; the answer is then always [`Verdict::Wrong`].
     pub async fn verify(&self, password: SecretString, stored: Option<String>) -> anyhow::Result<Verdict> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .context("hasher closed")?;
         let real = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let span = tracing::Span::current();
-        let verdict = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            span.in_scope(|| verify_blocking(&password, &hash))
-        })
-        .await
-        .context("verify task")?;
+        let (answer, answered) = oneshot::channel();
+        self.queue(password, Work::Verify(hash, answer))?;
+        let verdict = answered.await.context("verify job")?;
         Ok(if real { verdict } else { Verdict::Wrong })
     }
 }
@@ -184,6 +217,30 @@ mod tests {
     use argon2::password_hash::PasswordHasher as _;
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_hashing_threads_answer_each_job_and_skip_abandoned_ones() -> anyhow::Result<()> {
+        let hasher = Hasher::new()?;
+        let hash = hasher.hash(SecretString::from("correct horse")).await?;
+        // Queued, then abandoned (polled once, then dropped): the threads
+        // skip them and answer the jobs behind them.
+        for _ in 0..8 {
+            let gone =
+                tokio::time::timeout(std::time::Duration::ZERO, hasher.hash(SecretString::from("gone")));
+            assert!(gone.await.is_err());
+        }
+        let checks = ["correct horse", "wrong horse", "correct horse"]
+            .map(|pw| hasher.verify(SecretString::from(pw), Some(hash.clone())));
+        let [a, b, c] = checks;
+        let (a, b, c) = tokio::join!(a, b, c);
+        assert_eq!((a?, b?, c?), (Verdict::Right, Verdict::Wrong, Verdict::Right));
+        // No stored hash: the dummy is checked, and the answer is always Wrong.
+        let dummy = hasher
+            .verify(SecretString::from("gatehouse dummy password"), None)
+            .await?;
+        assert_eq!(dummy, Verdict::Wrong);
+        Ok(())
+    }
 
     #[test]
     fn hashes_verify_and_weak_ones_ask_for_a_rehash() {
