@@ -8,8 +8,8 @@
 //! `busy_timeout` covers other processes such as the CLI. A refresh rotation
 //! is one statement instead (no transaction), and on SQLite concurrent ones
 //! share a statement (`rotation`). The hottest reads run on the calling thread
-//! on SQLite ([`reader`]), and on lanes ([`Db::lane`]) rather than through the
-//! pool on PostgreSQL.
+//! on SQLite ([`reader`]); on PostgreSQL on lanes ([`Db::lane`]) rather than
+//! through the pool, those of concurrent requests asked together ([`batch`]).
 
 pub mod account_token;
 pub mod batch;
@@ -385,8 +385,10 @@ const SQLITE_PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 1
      pragma foreign_keys = on; pragma synchronous = normal; pragma mmap_size = 268435456; \
      pragma wal_autocheckpoint = 10000;";
 
-/// PostgreSQL: set on every lane (milliseconds, = [`ACQUIRE_TIMEOUT`]).
-const POSTGRES_LANE_SETTINGS: &str = "set statement_timeout = 3000";
+/// PostgreSQL: set on every lane (milliseconds): half a second less than
+/// [`ACQUIRE_TIMEOUT`], so the server cancels a slow write before its caller
+/// is answered 503, and every failure still comes within about 3 s.
+const POSTGRES_LANE_SETTINGS: &str = "set statement_timeout = 2500";
 
 /// A lane idle longer than this is pinged before it is used again (a
 /// connection dropped by the server or a firewall while it sat unused).

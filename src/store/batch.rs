@@ -35,8 +35,9 @@ pub trait Batch: Send + Sync + 'static {
     /// Names the statement in errors.
     const WHAT: &'static str;
     /// How long a batch may take before its callers are answered 503. A
-    /// write waits longer than the lanes' `statement_timeout`, which cancels
-    /// it on the server first, so nothing answered 503 is committed later.
+    /// write waits longer than the lanes' `statement_timeout`, so the server
+    /// cancels a slow statement before its caller is answered (a commit
+    /// stalled past that point may still land).
     const TIMEOUT: Duration = ACQUIRE_TIMEOUT;
     /// One answer per key, in the keys' order.
     fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [Self::Key]) -> LaneQuery<'c, Vec<Self::Answer>>;
@@ -70,7 +71,15 @@ impl<R: Batch> Batcher<R> {
         if self.sender.send((key, answer)).is_err() {
             return None;
         }
-        match answered.await.unwrap_or(Err(false)) {
+        // Bounded here too: with the database silent, batches come back only
+        // every few seconds, and a queue that grows meanwhile must not hold
+        // its callers until the request timeout. A caller that stops waiting
+        // is skipped by the workers.
+        let answer = tokio::time::timeout(R::TIMEOUT, answered)
+            .await
+            .unwrap_or(Ok(Err(true)))
+            .unwrap_or(Err(false));
+        match answer {
             Ok(found) => Some(Ok(found)),
             Err(true) => Some(Err(anyhow::Error::new(sqlx::Error::PoolTimedOut).context(R::WHAT))),
             Err(false) => None,
@@ -109,7 +118,9 @@ async fn work<R: Batch>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>
             }
             Err(e) => {
                 let unavailable = crate::error::database_unavailable(&e);
-                if !unavailable {
+                if unavailable {
+                    tracing::debug!("{}: a batch of {} failed: {e:#}", R::WHAT, keys.len());
+                } else {
                     tracing::warn!("{}: a batch of {} failed: {e:#}", R::WHAT, keys.len());
                 }
                 for answer in answers {
@@ -145,6 +156,7 @@ pub fn statements(sql: impl Fn(usize) -> String) -> Vec<String> {
 
 /// `statements[…]` for `len` keys, and how many rows it has.
 pub fn statement(statements: &[String], len: usize) -> (&str, usize) {
+    debug_assert!(len <= MAX_BATCH, "a batch of {len}");
     let size = len.next_power_of_two();
     let index = (size.trailing_zeros() as usize).min(statements.len().saturating_sub(1));
     (statements.get(index).map_or("", String::as_str), size)

@@ -494,6 +494,12 @@ async fn while_postgres_is_unreachable_requests_fail_fast_with_503_and_recover_w
         for (name, req, shape) in cases {
             answers.spawn(async move { (name, shape, timed(req).await) });
         }
+        // A burst of Bearer checks, more than a few batches' worth
+        // (store::batch): each still fails fast, none waits in the queue.
+        for _ in 0..64 {
+            let req = app.http.get(app.url("/oauth2/userinfo")).bearer_auth(&at);
+            answers.spawn(async move { ("userinfo burst", oauth, timed(req).await) });
+        }
         let mut slowest = Duration::ZERO;
         while let Some(answer) = answers.join_next().await {
             let (name, shape, (status, body, content_type, took)) = answer.unwrap();

@@ -358,3 +358,103 @@ async fn concurrent_bearer_checks_each_get_their_own_answer() {
         }
     }
 }
+
+/// The claims of a JWT, unverified (the server made it).
+fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// PostgreSQL's batch statements, run directly: every key gets its own
+/// answer in its own place, padding rows (3 keys run as 4) match nothing,
+/// and a key that appears twice is answered twice. (A batch that fails makes
+/// each request ask alone, so the HTTP tests alone would not notice.)
+#[tokio::test]
+async fn postgres_batch_statements_answer_each_key_in_its_place() {
+    use gatehouse::store::batch::Batch;
+    use gatehouse::store::revocation::RevokedJtis;
+    use gatehouse::store::session::{LiveRotation, LiveRotations};
+    use gatehouse::store::user::{TokenHolderKey, TokenHolders};
+    use gatehouse::tokens::{OpaqueToken, TokenDigest, TokenKind};
+
+    if !on_postgres() {
+        eprintln!("skipped: the batch statements run on PostgreSQL only");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let web = app.web_client().await;
+    let ada_id = app.create_user("ada@example.com").await;
+    app.create_user("bob@example.com").await;
+    let ada = app.login(&web, "ada@example.com", Some("openid")).await;
+    let bob = app.login(&web, "bob@example.com", Some("openid")).await;
+    let bob_rt = bob["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        app.post_form("/oauth2/revoke", &web, &[("token", bob_rt)])
+            .await
+            .status(),
+        200
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let key = |login: &Value| {
+        let c = claims(login["access_token"].as_str().unwrap());
+        TokenHolderKey {
+            sub: c["sub"].as_str().unwrap().to_owned(),
+            jti: c["jti"].as_str().unwrap().to_owned(),
+            sid: c["sid"].as_str().unwrap().to_owned(),
+            client_id: c["client_id"].as_str().unwrap().to_owned(),
+            now,
+        }
+    };
+    let db = test_db(&app).await;
+    let mut lane = db.lane().await.unwrap();
+
+    let holders = TokenHolders::run(lane.conn(), &[key(&ada), key(&bob), key(&ada)])
+        .await
+        .unwrap();
+    let ids: Vec<Option<&str>> = holders
+        .iter()
+        .map(|u| u.as_ref().map(|u| u.id.as_str()))
+        .collect();
+    assert_eq!(ids, [Some(ada_id.as_str()), None, Some(ada_id.as_str())]);
+
+    let ada_at = ada["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.post_form("/oauth2/revoke", &web, &[("token", ada_at)])
+            .await
+            .status(),
+        200
+    );
+    let jtis = [key(&ada).jti, key(&bob).jti, key(&ada).jti];
+    let revoked = RevokedJtis::run(lane.conn(), &jtis).await.unwrap();
+    assert_eq!(revoked, [true, false, true]);
+
+    let next = OpaqueToken::generate(TokenKind::RefreshToken);
+    let rotation = |rt: &str, next: TokenDigest| LiveRotation {
+        used: TokenDigest::of(rt),
+        next,
+        client_id: web.id.clone(),
+        now,
+        ttl: 3600,
+    };
+    let unknown = OpaqueToken::generate(TokenKind::RefreshToken);
+    let rotations = [
+        rotation(ada["refresh_token"].as_str().unwrap(), next.digest()),
+        rotation(bob_rt, OpaqueToken::generate(TokenKind::RefreshToken).digest()),
+        rotation(
+            unknown.expose(),
+            OpaqueToken::generate(TokenKind::RefreshToken).digest(),
+        ),
+    ];
+    let rotated = LiveRotations::run(lane.conn(), &rotations).await.unwrap();
+    let rotated: Vec<Option<&str>> = rotated
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.user.id.as_str()))
+        .collect();
+    assert_eq!(rotated, [Some(ada_id.as_str()), None, None]);
+    lane.release();
+    // ada's old refresh token is used up; the one the statement wrote works.
+    assert_eq!(app.refresh(&web, next.expose()).await.status(), 200);
+}
