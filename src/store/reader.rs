@@ -149,6 +149,18 @@ mod tests {
         Ok(())
     }
 
+    /// A WAL database with a table `t`, a connection that writes it, and a
+    /// reader on it.
+    fn wal_database() -> anyhow::Result<(tempfile::TempDir, rusqlite::Connection, Reader)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gatehouse.db");
+        let writer = rusqlite::Connection::open(&path)?;
+        writer.execute_batch("pragma journal_mode = wal; create table t (v integer not null);")?;
+        let reader = Reader::new(&format!("sqlite://{}", path.display()))?
+            .ok_or_else(|| anyhow::anyhow!("no reader for a file"))?;
+        Ok((dir, writer, reader))
+    }
+
     #[test]
     fn a_database_not_in_wal_mode_has_no_reader() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -160,12 +172,7 @@ mod tests {
 
     #[test]
     fn a_read_that_stays_locked_gives_way_after_the_short_timeout() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("gatehouse.db");
-        let writer = rusqlite::Connection::open(&path)?;
-        writer.execute_batch("pragma journal_mode = wal; create table t (v integer not null);")?;
-        let reader = Reader::new(&format!("sqlite://{}", path.display()))?
-            .ok_or_else(|| anyhow::anyhow!("no reader for a file"))?;
+        let (_dir, writer, reader) = wal_database()?;
         // In exclusive locking mode a WAL writer keeps the file to itself
         // (once no other connection has it open).
         reader
@@ -193,12 +200,7 @@ mod tests {
 
     #[test]
     fn reads_see_every_commit_made_before_them_and_none_after_close() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("gatehouse.db");
-        let writer = rusqlite::Connection::open(&path)?;
-        writer.execute_batch("pragma journal_mode = wal; create table t (v integer not null);")?;
-        let reader = Reader::new(&format!("sqlite://{}", path.display()))?
-            .ok_or_else(|| anyhow::anyhow!("no reader for a file"))?;
+        let (_dir, writer, reader) = wal_database()?;
         let count = || {
             reader.read(|c| {
                 c.prepare_cached("select count(*) from t")?
