@@ -162,6 +162,24 @@ pub fn statement(statements: &[String], len: usize) -> (&str, usize) {
     (statements.get(index).map_or("", String::as_str), size)
 }
 
+/// One answer per key, from rows that carry their key's index in column
+/// `i`: `None` where no row matched; rows of padding (`i = -1`) are dropped.
+pub fn by_index<T>(
+    rows: &[sqlx::any::AnyRow],
+    keys: usize,
+    read: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<Option<T>>, sqlx::Error> {
+    use sqlx::Row;
+    let mut found: Vec<Option<T>> = (0..keys).map(|_| None).collect();
+    for row in rows {
+        let i: i64 = row.try_get("i")?;
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| found.get_mut(i)) {
+            *slot = Some(read(row)?);
+        }
+    }
+    Ok(found)
+}
+
 /// `($1::t1, $2::t2, …), …`: `rows` rows of one parameter per type.
 pub fn values(rows: usize, types: &[&str]) -> String {
     (0..rows)

@@ -1,7 +1,7 @@
 //! Access tokens revoked before they expire (RFC 7009), remembered by `jti`.
 
 use anyhow::Context;
-use sqlx::{Any, Executor, Row};
+use sqlx::{Any, Executor};
 
 use crate::store::batch::{self, Batch};
 use crate::store::{Db, LaneQuery};
@@ -73,14 +73,9 @@ impl Batch for RevokedJtis {
             for _ in keys.len()..size {
                 query = query.bind(-1i64).bind("");
             }
-            let mut revoked = vec![false; keys.len()];
-            for row in query.fetch_all(conn).await? {
-                let i: i64 = row.try_get(0)?;
-                if let Some(slot) = usize::try_from(i).ok().and_then(|i| revoked.get_mut(i)) {
-                    *slot = true;
-                }
-            }
-            Ok(revoked)
+            let rows = query.fetch_all(conn).await?;
+            let found = batch::by_index(&rows, keys.len(), |_| Ok(()))?;
+            Ok(found.iter().map(Option::is_some).collect())
         })
     }
 }

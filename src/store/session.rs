@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use rusqlite::OptionalExtension;
-use sqlx::{Any, Executor, FromRow, Row};
+use sqlx::{Any, Executor, FromRow};
 
 use crate::store::batch::{self, Batch};
 use crate::store::rotation::Rotation;
@@ -300,14 +300,8 @@ impl Batch for LiveRotations {
                     .bind(0i64)
                     .bind(0i64);
             }
-            let mut found: Vec<Option<RefreshGrantRow>> = keys.iter().map(|_| None).collect();
-            for row in query.fetch_all(conn).await? {
-                let i: i64 = row.try_get("i")?;
-                if let Some(slot) = usize::try_from(i).ok().and_then(|i| found.get_mut(i)) {
-                    *slot = Some(RefreshGrantRow::from_row(&row)?);
-                }
-            }
-            Ok(found)
+            let rows = query.fetch_all(conn).await?;
+            batch::by_index(&rows, keys.len(), |row| RefreshGrantRow::from_row(row))
         })
     }
 }

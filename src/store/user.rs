@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use rusqlite::OptionalExtension;
-use sqlx::{Any, Executor, FromRow, Row};
+use sqlx::{Any, Executor, FromRow};
 
 use crate::store::batch::{self, Batch};
 use crate::store::{Db, LaneQuery};
@@ -224,14 +224,7 @@ impl Batch for TokenHolders {
             // The latest instant of the batch: a login must be live now.
             let now = keys.iter().map(|k| k.now).max().unwrap_or_default();
             let rows = query.bind(now).fetch_all(conn).await?;
-            let mut found: Vec<Option<UserRow>> = keys.iter().map(|_| None).collect();
-            for row in &rows {
-                let i: i64 = row.try_get("i")?;
-                if let Some(slot) = usize::try_from(i).ok().and_then(|i| found.get_mut(i)) {
-                    *slot = Some(UserRow::from_row(row)?);
-                }
-            }
-            Ok(found)
+            batch::by_index(&rows, keys.len(), |row| UserRow::from_row(row))
         })
     }
 }
