@@ -6,9 +6,11 @@
 //! started only once an async worker had run to hand it over, and with every
 //! core busy hashing that worker waited for the scheduler: a gap between
 //! hashes.) A job whose requester has gone (its request timed out, the client
-//! left) is dropped unstarted.
+//! left) is dropped unstarted. Each thread keeps argon2's 19 MiB from one
+//! hash to the next while jobs wait, and gives it back when none does
+//! ([`Memory`]).
 
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, mpsc};
 
 use anyhow::Context;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
@@ -49,14 +51,14 @@ struct Job {
 }
 
 impl Job {
-    fn run(self) {
+    fn run(self, memory: &mut Memory) {
         let _entered = self.span.enter();
         match self.work {
             Work::Hash(answer) if !answer.is_closed() => {
-                let _ = answer.send(hash_blocking(&self.password));
+                let _ = answer.send(hash_in(memory, &self.password));
             }
             Work::Verify(stored, answer) if !answer.is_closed() => {
-                let _ = answer.send(verify_blocking(&self.password, &stored));
+                let _ = answer.send(verify_in(memory, &self.password, &stored));
             }
             // Nobody waits for this one any more.
             _ => {}
@@ -76,16 +78,32 @@ impl Hasher {
             std::thread::Builder::new()
                 .name("gatehouse-argon2".into())
                 .spawn(move || {
+                    let mut memory = Memory::default();
                     loop {
-                        // One idle thread waits on the queue at a time.
-                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        // One idle thread waits on the queue at a time. A
+                        // thread about to wait, for a job or for the queue,
+                        // gives its memory back first.
+                        let next = match queue.try_lock() {
+                            Ok(queue) => queue.try_recv().ok(),
+                            Err(TryLockError::Poisoned(queue)) => queue.into_inner().try_recv().ok(),
+                            Err(TryLockError::WouldBlock) => None,
+                        };
+                        let job = match next {
+                            Some(job) => Ok(job),
+                            None => {
+                                memory.release();
+                                queue.lock().unwrap_or_else(PoisonError::into_inner).recv()
+                            }
+                        };
                         match job {
                             // A panic ends the job (its caller sees an
                             // error), not the thread.
                             Ok(job) => {
-                                let ran =
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+                                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    job.run(&mut memory)
+                                }));
                                 if ran.is_err() {
+                                    memory.release();
                                     tracing::error!("a password hashing job panicked");
                                 }
                             }
@@ -126,18 +144,43 @@ impl Hasher {
     }
 }
 
-/// Blocks reserved for each hash's memory: 33 MiB, above glibc's largest
-/// dynamic mmap threshold (32 MiB), so the block is always its own mapping
-/// and goes back to the kernel when the hash is done. argon2's own 19 MiB
-/// `Vec` is not: after the first free glibc raises its threshold and keeps
-/// freed blocks in per-thread arenas, up to 38 MiB each, which held a server
-/// at ~480 MB RSS after a password flood. Only the `m_cost` blocks used are
-/// touched, so resident memory is 19 MiB a hash all the same.
+/// Blocks reserved for a hashing thread's memory: 33 MiB, above glibc's
+/// largest dynamic mmap threshold (32 MiB), so the block is always its own
+/// mapping and goes back to the kernel when it is dropped. argon2's own
+/// 19 MiB `Vec` is not: after the first free glibc raises its threshold and
+/// keeps freed blocks in per-thread arenas, up to 38 MiB each, which held a
+/// server at ~480 MB RSS after a password flood. Only the `m_cost` blocks
+/// used are touched, so resident memory is 19 MiB a thread all the same.
 const RESERVED_BLOCKS: usize = 33 * 1024;
 
-/// argon2's `PasswordHasher::hash_password`, with memory from
-/// [`RESERVED_BLOCKS`].
+/// argon2's working memory, kept by a hashing thread from one hash to the
+/// next while jobs come back to back, and given back when its queue runs
+/// dry. A fresh 19 MiB mapping for every hash cost a page fault per 4 KiB
+/// and the kernel zeroing each page: in a password flood a third of the
+/// CPU went to the kernel, not to argon2. Nothing needs clearing between
+/// hashes: argon2's first pass writes every block before any is read.
+#[derive(Default)]
+pub struct Memory(Vec<Block>);
+
+impl Memory {
+    fn blocks(&mut self, count: usize) -> &mut [Block] {
+        if self.0.len() < count {
+            self.0 = Vec::new();
+            self.0.reserve_exact(count.max(RESERVED_BLOCKS));
+            self.0.resize(count, Block::default());
+        }
+        &mut self.0[..count]
+    }
+
+    /// Gives the blocks back to the kernel.
+    pub fn release(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
+/// argon2's `PasswordHasher::hash_password`, in `memory`.
 fn hash_with<'a>(
+    memory: &mut Memory,
     algorithm: Algorithm,
     version: Version,
     params: Params,
@@ -147,12 +190,10 @@ fn hash_with<'a>(
     let argon2 = Argon2::new(algorithm, version, params);
     let mut salt_bytes = [0u8; 64];
     let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
-    let count = argon2.params().block_count();
-    let mut blocks: Vec<Block> = Vec::with_capacity(count.max(RESERVED_BLOCKS));
-    blocks.resize(count, Block::default());
+    let blocks = memory.blocks(argon2.params().block_count());
     let len = argon2.params().output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     let output = Output::init_with(len, |out| {
-        Ok(argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut blocks[..])?)
+        Ok(argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut *blocks)?)
     })?;
     Ok(PasswordHash {
         algorithm: algorithm.ident(),
@@ -163,11 +204,18 @@ fn hash_with<'a>(
     })
 }
 
+/// Hashes one password on this thread, in memory of its own.
 pub fn hash_blocking(password: &SecretString) -> anyhow::Result<String> {
+    hash_in(&mut Memory::default(), password)
+}
+
+/// Hashes `password` with our parameters and a fresh salt, in `memory`.
+pub fn hash_in(memory: &mut Memory, password: &SecretString) -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("random source failed"))?;
     let salt = SaltString::encode_b64(&bytes).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
     hash_with(
+        memory,
         Algorithm::Argon2id,
         Version::V0x13,
         params(),
@@ -178,7 +226,7 @@ pub fn hash_blocking(password: &SecretString) -> anyhow::Result<String> {
     .map_err(|e| anyhow::anyhow!("argon2: {e}"))
 }
 
-fn verify_blocking(password: &SecretString, stored: &str) -> Verdict {
+fn verify_in(memory: &mut Memory, password: &SecretString, stored: &str) -> Verdict {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Verdict::Wrong;
     };
@@ -197,6 +245,7 @@ fn verify_blocking(password: &SecretString, stored: &str) -> Verdict {
             argon2::password_hash::errors::InvalidValue::Malformed,
         ))?;
         hash_with(
+            memory,
             algorithm,
             version,
             params,
@@ -252,12 +301,14 @@ mod tests {
 
     #[test]
     fn hashes_verify_and_weak_ones_ask_for_a_rehash() {
+        // One memory for every check, as a hashing thread keeps it.
+        let memory = &mut Memory::default();
         let pw = SecretString::from("correct horse battery staple");
-        let hash = hash_blocking(&pw).unwrap();
+        let hash = hash_in(memory, &pw).unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert_eq!(verify_blocking(&pw, &hash), Verdict::Right);
+        assert_eq!(verify_in(memory, &pw, &hash), Verdict::Right);
         assert_eq!(
-            verify_blocking(&SecretString::from("nope"), &hash),
+            verify_in(memory, &SecretString::from("nope"), &hash),
             Verdict::Wrong
         );
         let weak = Argon2::new(
@@ -269,9 +320,33 @@ mod tests {
         .unwrap()
         .to_string();
         assert_eq!(
-            verify_blocking(&SecretString::from("pw"), &weak),
+            verify_in(memory, &SecretString::from("pw"), &weak),
             Verdict::RightNeedsRehash
         );
-        assert_eq!(verify_blocking(&pw, "not a hash"), Verdict::Wrong);
+        assert_eq!(verify_in(memory, &pw, "not a hash"), Verdict::Wrong);
+        assert_eq!(verify_in(memory, &pw, &hash), Verdict::Right);
+    }
+
+    #[test]
+    fn a_hash_in_used_memory_is_the_hash_in_fresh_memory() {
+        let salt = SaltString::encode_b64(b"fixed salt bytes").unwrap();
+        let fresh = Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        // Memory left full of another password's blocks.
+        let memory = &mut Memory::default();
+        hash_in(memory, &SecretString::from("another password")).unwrap();
+        let used = hash_with(
+            memory,
+            Algorithm::Argon2id,
+            Version::V0x13,
+            params(),
+            b"correct horse",
+            salt.as_salt(),
+        )
+        .unwrap()
+        .to_string();
+        assert_eq!(used, fresh);
     }
 }
