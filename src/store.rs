@@ -375,14 +375,21 @@ impl Db {
 pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'c>>;
 
 /// SQLite: set on every connection.
+/// `page_size`: a new database gets 1 KiB pages (an existing one keeps its
+/// own). Every commit writes each page it touched whole into the WAL, and a
+/// refresh touches a few index pages at random: with 4 KiB pages that was
+/// about 23 KB written per refresh, with 1 KiB about 10, and the slowest
+/// 1 % of refreshes went from 31-33 ms to 22 ms (throughput and the hot
+/// reads unchanged).
 /// `mmap_size`: pages are read from a mapping, not by a pread(2) each, after
 /// another connection's commit made the page cache stale.
 /// `wal_autocheckpoint`: the WAL is copied back into the database every
-/// 10,000 pages (40 MiB) rather than every 1,000, so a page written by many
+/// 10,000 pages (10 MiB) rather than every 1,000, so a page written by many
 /// commits in between is copied once; refresh rotations went 3,665-3,691 ->
 /// 3,973-4,239/s. The WAL file may grow to about that size.
-const SQLITE_PRAGMAS: &str = "pragma journal_mode = wal; pragma busy_timeout = 10000; \
-     pragma foreign_keys = on; pragma synchronous = normal; pragma mmap_size = 268435456; \
+const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal; \
+     pragma busy_timeout = 10000; pragma foreign_keys = on; pragma synchronous = normal; \
+     pragma mmap_size = 268435456; \
      pragma wal_autocheckpoint = 10000;";
 
 /// PostgreSQL: set on every lane (milliseconds): half a second less than

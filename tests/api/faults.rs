@@ -360,6 +360,12 @@ async fn kill_9_during_writes_loses_no_acknowledged_refresh_and_leaves_an_intact
             .await
             .unwrap();
         assert_eq!(check, "ok");
+        // Created by the server: 1 KiB pages (src/store.rs, SQLITE_PRAGMAS).
+        let (page_size,): (i64,) = sqlx::query_as("pragma page_size")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(page_size, 1024);
     }
     assert_whole(&tally(&db).await);
     let (acknowledged, unanswered) = assert_acknowledged_kept(&db, &chains, false).await;
