@@ -533,9 +533,16 @@ pub fn database_unavailable(e: &anyhow::Error) -> bool {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed,
         ) => true,
-        // SQLSTATE class 08 (connection exception), 57P (operator
-        // intervention: shutdown, cannot connect now) and 57014 (a lane's
-        // statement_timeout cancelled a query the server was too slow for).
+        // SQLite: still busy or locked after `busy_timeout` (another process
+        // holds the file), or the file cannot be read or opened.
+        Some(sqlx::Error::Database(db)) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => db
+            .code()
+            .and_then(|code| code.parse().ok())
+            .is_some_and(crate::store::reader::is_unavailable_code),
+        // PostgreSQL: SQLSTATE class 08 (connection exception), 57P
+        // (operator intervention: shutdown, cannot connect now) and 57014 (a
+        // lane's statement_timeout cancelled a query the server was too slow
+        // for).
         Some(sqlx::Error::Database(db)) => db
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "57014"),
@@ -790,6 +797,31 @@ mod tests {
             OAuthErrorResponse::from(Error::Internal(bug)),
             OAuthErrorResponse::ServerError(..)
         ));
+    }
+
+    /// SQLite held by another process past `busy_timeout` is "not now"
+    /// (503), like an unreachable PostgreSQL; a constraint failure is not.
+    #[tokio::test]
+    async fn sqlite_busy_past_its_timeout_is_unavailable() -> anyhow::Result<()> {
+        use sqlx::{Connection as _, Executor as _};
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("busy.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::AnyConnection::connect(&url).await?;
+        conn.execute("create table t (v integer primary key); pragma busy_timeout = 0;")
+            .await?;
+        let holder = rusqlite::Connection::open(&path)?;
+        holder.execute_batch("begin exclusive;")?;
+        let busy = conn.execute("insert into t (v) values (1)").await;
+        let busy = anyhow::Error::new(busy.expect_err("the file is locked")).context("insert");
+        assert!(database_unavailable(&busy), "{busy:#}");
+        holder.execute_batch("commit;")?;
+        conn.execute("insert into t (v) values (1)").await?;
+        let duplicate = conn.execute("insert into t (v) values (1)").await;
+        let duplicate = anyhow::Error::new(duplicate.expect_err("a duplicate key")).context("insert");
+        assert!(!database_unavailable(&duplicate), "{duplicate:#}");
+        Ok(())
     }
 
     #[test]

@@ -121,12 +121,24 @@ fn is_locked(e: &rusqlite::Error) -> bool {
 /// rusqlite's failures that mean "not now" rather than "wrong": the file
 /// cannot be opened or read, or its locks misbehave.
 pub fn is_unavailable(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::{CannotOpen, FileLockingProtocolFailed, SystemIoFailure};
-    is_locked(e)
-        || matches!(
-            e.sqlite_error_code(),
-            Some(CannotOpen | FileLockingProtocolFailed | SystemIoFailure)
-        )
+    e.sqlite_error()
+        .is_some_and(|e| is_unavailable_code(e.extended_code))
+}
+
+/// The same test for an SQLite result code, primary or extended (sqlx's
+/// SQLite errors carry the extended one): busy or locked (past
+/// `busy_timeout`), an I/O error, a file that cannot be opened, or a
+/// locking protocol failure.
+pub fn is_unavailable_code(code: i32) -> bool {
+    use rusqlite::ffi;
+    matches!(
+        code & 0xff,
+        ffi::SQLITE_BUSY
+            | ffi::SQLITE_LOCKED
+            | ffi::SQLITE_IOERR
+            | ffi::SQLITE_CANTOPEN
+            | ffi::SQLITE_PROTOCOL
+    )
 }
 
 #[cfg(test)]
