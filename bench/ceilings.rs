@@ -1,7 +1,7 @@
 //! This machine's ceilings, measured with gatehouse's own code paths: RS256
 //! signatures per second with a parsed key (1 and 2 threads) and argon2id
-//! hashes per second at our parameters (one per core, each thread keeping
-//! its memory). Prints one JSON line.
+//! hashes per second at our parameters (2 threads, each keeping its memory,
+//! as the server's hashing threads do). Prints one JSON line.
 //!
 //! `cargo bench --bench ceilings` (release profile); `BENCH_SECONDS` sets the
 //! duration of each measurement (default 3).
