@@ -51,9 +51,10 @@ pub async fn verify_login(
     let lookup = crate::domain::normalise_username(username);
     // The attempt counts as a failure until it succeeds.
     let attempt = TokenDigest::of(&lookup);
-    let mut tx = state.db.begin_write().await?;
-    let gate = begin_login_attempt(tx.conn(), &attempt, now, state.settings.login_backoff_after).await?;
-    tx.commit().await?;
+    let gate = {
+        let _writer = state.db.writer().await;
+        begin_login_attempt(state.db.pool(), &attempt, now, state.settings.login_backoff_after).await?
+    };
     let user = if lookup.len() <= 254 {
         find_user_by_email(state.db.pool(), &lookup).await?
     } else {

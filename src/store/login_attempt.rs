@@ -4,16 +4,15 @@
 //! failure up to [`MAX_BACKOFF`]. A success clears the count; so do
 //! [`FORGET_AFTER`] without any attempt.
 //!
-//! An attempt is counted as a failure when it *starts*, in one write
-//! transaction that also checks the back-off, and the count is cleared if it
-//! succeeds. Counting afterwards would let many parallel guesses pass the
+//! An attempt is counted as a failure when it *starts*, in one statement
+//! that also checks the back-off, and the count is cleared if it succeeds. Counting afterwards would let many parallel guesses pass the
 //! check together each time a back-off ends; this way the guesses that reach
 //! the password check are exactly those the schedule allows, on every
 //! instance. Attempts refused during a back-off are not counted: the schedule
 //! alone decides how long an account stays closed.
 
 use anyhow::Context;
-use sqlx::{Any, AnyConnection, Executor};
+use sqlx::{Any, Executor};
 
 use crate::tokens::TokenDigest;
 
@@ -58,48 +57,74 @@ pub fn backoff_seconds(failures: i64, after: u32) -> i64 {
 /// and sets the back-off it earns should it fail. Run it in a write
 /// transaction; on PostgreSQL the upsert locks the row until commit, on
 /// SQLite the write transaction holds the whole database.
+/// The failures counting the starting attempt, from the row it updates:
+/// 1 if the last attempt is older than [`FORGET_AFTER`] (`$4`), else one
+/// more.
+const COUNTED: &str =
+    "(case when login_attempt.last_attempt_at < $4 then 1 else login_attempt.failures + 1 end)";
+
+/// [`begin_login_attempt`]'s statement: [`backoff_seconds`] in SQL, with
+/// `$5` = after, `$6` = [`FIRST_BACKOFF`], `$7` = [`MAX_BACKOFF`] and `$8` =
+/// the doublings from which [`MAX_BACKOFF`] applies. A row backed off at
+/// `$2` is not updated, so nothing is returned for it.
+static BEGIN_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "insert into login_attempt (username_digest, failures, last_attempt_at, blocked_until) \
+         values ($1, 1, $2, $3) \
+         on conflict (username_digest) do update set \
+             failures = {COUNTED}, \
+             last_attempt_at = $2, \
+             blocked_until = case \
+                 when {COUNTED} < $5 then 0 \
+                 when {COUNTED} - $5 >= $8 then $2 + $7 \
+                 else $2 + ($6 << cast({COUNTED} - $5 as integer)) end \
+         where login_attempt.blocked_until <= $2 \
+         returning failures"
+    )
+});
+
+/// Counts a starting attempt for `username` and says whether it may go on,
+/// in one statement (on SQLite, run it under [`super::Db::writer`]). A
+/// backed-off username is left as it is.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn begin_login_attempt(
-    conn: &mut AnyConnection,
+pub async fn begin_login_attempt<'e>(
+    ex: impl Executor<'e, Database = Any> + Copy,
     username: &TokenDigest,
     now: i64,
     backoff_after: u32,
 ) -> anyhow::Result<LoginGate> {
-    let (failures, last_attempt_at, blocked_until): (i64, i64, i64) = sqlx::query_as(
-        "insert into login_attempt (username_digest, failures, last_attempt_at, blocked_until) \
-         values ($1, 0, $2, 0) \
-         on conflict (username_digest) do update set failures = login_attempt.failures \
-         returning failures, last_attempt_at, blocked_until",
-    )
-    .bind(username.as_bytes().to_vec())
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .context("lock login attempts")?;
-    if now < blocked_until {
-        return Ok(LoginGate::BackedOff { until: blocked_until });
+    let first = backoff_seconds(1, backoff_after);
+    let capped_from = (0..16).find(|d| FIRST_BACKOFF << d >= MAX_BACKOFF).unwrap_or(16);
+    let counted: Option<(i64,)> = sqlx::query_as(&BEGIN_ATTEMPT)
+        .bind(username.as_bytes().to_vec())
+        .bind(now)
+        .bind(if first > 0 { now + first } else { 0 })
+        .bind(now - FORGET_AFTER)
+        .bind(i64::from(backoff_after))
+        .bind(FIRST_BACKOFF)
+        .bind(MAX_BACKOFF)
+        .bind(capped_from)
+        .fetch_optional(ex)
+        .await
+        .context("count login attempt")?;
+    match counted {
+        Some((failures,)) => Ok(LoginGate::Open {
+            failures,
+            backoff: backoff_seconds(failures, backoff_after),
+        }),
+        None => {
+            let (until,): (i64,) =
+                sqlx::query_as("select blocked_until from login_attempt where username_digest = $1")
+                    .bind(username.as_bytes().to_vec())
+                    .fetch_optional(ex)
+                    .await
+                    .context("read login back-off")?
+                    .unwrap_or((now + 1,));
+            Ok(LoginGate::BackedOff { until })
+        }
     }
-    let failures = if last_attempt_at < now - FORGET_AFTER {
-        1
-    } else {
-        failures.saturating_add(1)
-    };
-    let backoff = backoff_seconds(failures, backoff_after);
-    sqlx::query(
-        "update login_attempt set failures = $2, last_attempt_at = $3, blocked_until = $4 \
-         where username_digest = $1",
-    )
-    .bind(username.as_bytes().to_vec())
-    .bind(failures)
-    .bind(now)
-    .bind(if backoff > 0 { now + backoff } else { 0 })
-    .execute(&mut *conn)
-    .await
-    .context("count login attempt")?;
-    Ok(LoginGate::Open { failures, backoff })
 }
 
-/// A successful login: the username starts again from zero.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn clear_login_attempts<'e>(
     ex: impl Executor<'e, Database = Any>,
@@ -126,5 +151,71 @@ mod tests {
         );
         assert_eq!(backoff_seconds(i64::MAX, 5), MAX_BACKOFF);
         assert_eq!(backoff_seconds(1, 1), FIRST_BACKOFF);
+    }
+
+    /// The statement against the rule it implements, step by step: the
+    /// count, the back-off it earns, refusals that count nothing, and a
+    /// count forgotten after a day.
+    #[tokio::test]
+    async fn the_statement_keeps_the_schedule() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db =
+            crate::store::Db::connect(&format!("sqlite://{}", dir.path().join("a.db").display())).await?;
+        db.migrate().await?;
+        for after in [1, 2, 5] {
+            let user = TokenDigest::of(&format!("user-{after}@example.com"));
+            // (failures, last_attempt_at, blocked_until), as the module doc says.
+            let mut model: Option<(i64, i64, i64)> = None;
+            let mut now = 1_000_000;
+            let steps = [
+                0,
+                0,
+                0,
+                1,
+                1,
+                2,
+                3,
+                5,
+                9,
+                17,
+                33,
+                65,
+                129,
+                257,
+                513,
+                901,
+                901,
+                901,
+                FORGET_AFTER + 1,
+                0,
+                0,
+            ];
+            for step in steps {
+                now += step;
+                let expected = match model {
+                    Some((_, _, until)) if now < until => LoginGate::BackedOff { until },
+                    _ => {
+                        let failures = match model {
+                            Some((f, last, _)) if last >= now - FORGET_AFTER => f + 1,
+                            _ => 1,
+                        };
+                        let backoff = backoff_seconds(failures, after);
+                        model = Some((failures, now, if backoff > 0 { now + backoff } else { 0 }));
+                        LoginGate::Open { failures, backoff }
+                    }
+                };
+                let gate = begin_login_attempt(db.pool(), &user, now, after).await?;
+                assert_eq!(gate, expected, "after {after}, at {now}");
+                let row: (i64, i64, i64) = sqlx::query_as(
+                    "select failures, last_attempt_at, blocked_until from login_attempt where username_digest = $1",
+                )
+                .bind(user.as_bytes().to_vec())
+                .fetch_one(db.pool())
+                .await?;
+                assert_eq!(Some(row), model, "after {after}, at {now}");
+            }
+        }
+        db.close().await;
+        Ok(())
     }
 }
