@@ -52,11 +52,6 @@ pub fn backoff_seconds(failures: i64, after: u32) -> i64 {
     FIRST_BACKOFF.saturating_mul(1_i64 << doublings).min(MAX_BACKOFF)
 }
 
-/// Starts an attempt for `username` (the digest of the normalised
-/// username): refuses it during a back-off, otherwise counts it as a failure
-/// and sets the back-off it earns should it fail. Run it in a write
-/// transaction; on PostgreSQL the upsert locks the row until commit, on
-/// SQLite the write transaction holds the whole database.
 /// The failures counting the starting attempt, from the row it updates:
 /// 1 if the last attempt is older than [`FORGET_AFTER`] (`$4`), else one
 /// more.
@@ -83,9 +78,12 @@ static BEGIN_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
     )
 });
 
-/// Counts a starting attempt for `username` and says whether it may go on,
-/// in one statement (on SQLite, run it under [`super::Db::writer`]). A
-/// backed-off username is left as it is.
+/// Starts an attempt for `username` (the digest of the normalised
+/// username): refuses it during a back-off, otherwise counts it as a failure
+/// and sets the back-off it earns should it fail. One statement, so atomic:
+/// on PostgreSQL concurrent attempts wait for the row's lock and see each
+/// other's counts. On SQLite run it under [`super::Db::writer`]. A
+/// backed-off username is left as it is (refusals count nothing).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn begin_login_attempt<'e>(
     ex: impl Executor<'e, Database = Any> + Copy,
