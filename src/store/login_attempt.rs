@@ -5,10 +5,10 @@
 //! [`FORGET_AFTER`] without any attempt.
 //!
 //! An attempt is counted as a failure when it *starts*, in one statement
-//! that also checks the back-off, and the count is cleared if it succeeds. Counting afterwards would let many parallel guesses pass the
-//! check together each time a back-off ends; this way the guesses that reach
-//! the password check are exactly those the schedule allows, on every
-//! instance. Attempts refused during a back-off are not counted: the schedule
+//! that also checks the back-off, and the count is cleared if it succeeds.
+//! Counting afterwards would let many parallel guesses pass the check
+//! together each time a back-off ends; this way the guesses that reach the
+//! password check are exactly those the schedule allows, on every instance. Attempts refused during a back-off are not counted: the schedule
 //! alone decides how long an account stays closed.
 
 use anyhow::Context;
@@ -23,6 +23,10 @@ pub const FIRST_BACKOFF: i64 = 2;
 pub const MAX_BACKOFF: i64 = 15 * 60;
 /// A count untouched this long starts again from zero.
 pub const FORGET_AFTER: i64 = 24 * 3600;
+
+// [`begin_login_attempt`]'s SQL caps the doubling at 16 like
+// [`backoff_seconds`], which needs the cap reached by then.
+const _: () = assert!(FIRST_BACKOFF << 16 >= MAX_BACKOFF);
 
 /// What a starting attempt may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +96,9 @@ pub async fn begin_login_attempt<'e>(
     backoff_after: u32,
 ) -> anyhow::Result<LoginGate> {
     let first = backoff_seconds(1, backoff_after);
-    let capped_from = (0..16).find(|d| FIRST_BACKOFF << d >= MAX_BACKOFF).unwrap_or(16);
+    let capped_from = (0..16_i64)
+        .find(|d| FIRST_BACKOFF << d >= MAX_BACKOFF)
+        .unwrap_or(16);
     let counted: Option<(i64,)> = sqlx::query_as(&BEGIN_ATTEMPT)
         .bind(username.as_bytes().to_vec())
         .bind(now)
@@ -123,6 +129,7 @@ pub async fn begin_login_attempt<'e>(
     }
 }
 
+/// A successful login: the username starts again from zero.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn clear_login_attempts<'e>(
     ex: impl Executor<'e, Database = Any>,
@@ -151,20 +158,40 @@ mod tests {
         assert_eq!(backoff_seconds(1, 1), FIRST_BACKOFF);
     }
 
+    /// A fresh database: on PostgreSQL when `GATEHOUSE_TEST_DATABASE_URL`
+    /// names one (as the API tests do; `.ci/run` drops them after), else a
+    /// SQLite file in `dir`.
+    async fn test_database(dir: &std::path::Path) -> anyhow::Result<String> {
+        use sqlx::Connection as _;
+        match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => {
+                sqlx::any::install_default_drivers();
+                let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::AnyConnection::connect(&url).await?;
+                conn.execute(format!("create database {name}").as_str()).await?;
+                conn.close().await?;
+                let (base, _) = url.rsplit_once('/').context("a database URL with a path")?;
+                Ok(format!("{base}/{name}"))
+            }
+            _ => Ok(format!("sqlite://{}", dir.join("a.db").display())),
+        }
+    }
+
     /// The statement against the rule it implements, step by step: the
     /// count, the back-off it earns, refusals that count nothing, and a
     /// count forgotten after a day.
     #[tokio::test]
     async fn the_statement_keeps_the_schedule() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db =
-            crate::store::Db::connect(&format!("sqlite://{}", dir.path().join("a.db").display())).await?;
+        let db = crate::store::Db::connect(&test_database(dir.path()).await?).await?;
         db.migrate().await?;
         for after in [1, 2, 5] {
             let user = TokenDigest::of(&format!("user-{after}@example.com"));
             // (failures, last_attempt_at, blocked_until), as the module doc says.
             let mut model: Option<(i64, i64, i64)> = None;
             let mut now = 1_000_000;
+            // Exactly a day after the last attempt it still counts; a
+            // second more and it is forgotten.
             let steps = [
                 0,
                 0,
@@ -184,6 +211,10 @@ mod tests {
                 901,
                 901,
                 901,
+                FORGET_AFTER,
+                1,
+                0,
+                0,
                 FORGET_AFTER + 1,
                 0,
                 0,

@@ -46,7 +46,7 @@ const STATEMENTS: [(&str, &str); 7] = [
         // guessing made-up usernames does not grow the table without end.
         "login attempts",
         "delete from login_attempt where username_digest in (select username_digest from login_attempt \
-         where last_attempt_at <= $1 - 86400 and blocked_until <= $1 limit $2)",
+         where last_attempt_at < $1 - 86400 and blocked_until <= $1 limit $2)",
     ),
     (
         "revoked access tokens",
