@@ -227,6 +227,12 @@ impl TestApp {
         .await
     }
 
+    /// `POST /oauth2/revoke` of `token` by `client` (RFC 7009), no hint.
+    pub async fn revoke(&self, client: &TestClient, token: &str) -> reqwest::Response {
+        self.post_form("/oauth2/revoke", client, &[("token", token)])
+            .await
+    }
+
     pub async fn introspect(&self, client: &TestClient, token: &str) -> Value {
         let resp = self
             .post_form("/oauth2/introspect", client, &[("token", token)])

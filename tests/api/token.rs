@@ -598,10 +598,7 @@ async fn concurrent_writes_all_succeed() {
                 if refresh {
                     app.refresh(client, token).await.status().as_u16()
                 } else {
-                    app.post_form("/oauth2/revoke", client, &[("token", token)])
-                        .await
-                        .status()
-                        .as_u16()
+                    app.revoke(client, token).await.status().as_u16()
                 }
             }
         });
@@ -624,18 +621,10 @@ async fn dead_rows_are_pruned_and_live_ones_kept() {
     let ended = app.login(&client, "ada@example.com", None).await;
     let live = app.login(&client, "ada@example.com", None).await;
     // End one chain, rotate the live one (its used token stays for reuse detection).
-    app.post_form(
-        "/oauth2/revoke",
-        &client,
-        &[("token", ended["refresh_token"].as_str().unwrap())],
-    )
-    .await;
-    app.post_form(
-        "/oauth2/revoke",
-        &client,
-        &[("token", ended["access_token"].as_str().unwrap())],
-    )
-    .await;
+    for token in ["refresh_token", "access_token"] {
+        let revoked = app.revoke(&client, ended[token].as_str().unwrap()).await;
+        assert_eq!(revoked.status(), 200, "{token}");
+    }
     let rotated = json(
         app.refresh(&client, live["refresh_token"].as_str().unwrap())
             .await,

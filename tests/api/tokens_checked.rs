@@ -186,7 +186,7 @@ async fn revoking_an_access_token_deactivates_it_at_once() {
     let login = app.login(&client, "ada@example.com", Some("openid")).await;
     let at = login["access_token"].as_str().unwrap();
 
-    let resp = app.post_form("/oauth2/revoke", &client, &[("token", at)]).await;
+    let resp = app.revoke(&client, at).await;
     assert_eq!(resp.status(), 200);
 
     assert_eq!(introspect_text(&app, &client, at).await, INACTIVE);
@@ -210,7 +210,7 @@ async fn revoking_unknown_or_foreign_tokens_is_a_quiet_success() {
     let rt = login["refresh_token"].as_str().unwrap();
 
     for token in ["ghr_unknown", "whatever", rt] {
-        let resp = app.post_form("/oauth2/revoke", &other, &[("token", token)]).await;
+        let resp = app.revoke(&other, token).await;
         assert_eq!(resp.status(), 200, "{token}");
     }
     // Another client cannot revoke it.
@@ -298,15 +298,10 @@ async fn concurrent_bearer_checks_each_get_their_own_answer() {
     }
     // bob's login ends (its refresh token revoked); cy's access token is revoked.
     let bob_rt = user_tokens[2]["refresh_token"].as_str().unwrap();
-    let ended = app.post_form("/oauth2/revoke", &web, &[("token", bob_rt)]).await;
+    let ended = app.revoke(&web, bob_rt).await;
     assert_eq!(ended.status(), 200);
     let cy_at = user_tokens[3]["access_token"].as_str().unwrap();
-    assert_eq!(
-        app.post_form("/oauth2/revoke", &web, &[("token", cy_at)])
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.revoke(&web, cy_at).await.status(), 200);
     let mut client_tokens = Vec::new();
     for _ in 0..2 {
         let resp = app.token(&api, &[("grant_type", "client_credentials")]).await;
@@ -314,12 +309,7 @@ async fn concurrent_bearer_checks_each_get_their_own_answer() {
         let body: Value = resp.json().await.unwrap();
         client_tokens.push(body["access_token"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
-        app.post_form("/oauth2/revoke", &api, &[("token", client_tokens[1].as_str())])
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.revoke(&api, &client_tokens[1]).await.status(), 200);
 
     // 96 checks at once, the six tokens interleaved.
     let checks = (0..96).map(|i| {
@@ -388,12 +378,7 @@ async fn postgres_batch_statements_answer_each_key_in_its_place() {
     let ada = app.login(&web, "ada@example.com", Some("openid")).await;
     let bob = app.login(&web, "bob@example.com", Some("openid")).await;
     let bob_rt = bob["refresh_token"].as_str().unwrap();
-    assert_eq!(
-        app.post_form("/oauth2/revoke", &web, &[("token", bob_rt)])
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.revoke(&web, bob_rt).await.status(), 200);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -421,12 +406,7 @@ async fn postgres_batch_statements_answer_each_key_in_its_place() {
     assert_eq!(ids, [Some(ada_id.as_str()), None, Some(ada_id.as_str())]);
 
     let ada_at = ada["access_token"].as_str().unwrap();
-    assert_eq!(
-        app.post_form("/oauth2/revoke", &web, &[("token", ada_at)])
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.revoke(&web, ada_at).await.status(), 200);
     let jtis = [key(&ada).jti, key(&bob).jti, key(&ada).jti];
     let revoked = RevokedJtis::run(lane.conn(), &jtis).await.unwrap();
     assert_eq!(revoked, [true, false, true]);
