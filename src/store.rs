@@ -92,6 +92,31 @@ impl DerefMut for WriteTx {
     }
 }
 
+/// A write transaction on a lane ([`Db::begin_lane_write`]). Dropped
+/// uncommitted (an error, a cancelled request), its connection is closed,
+/// which rolls the transaction back.
+pub struct LaneTx<'a> {
+    db: &'a Db,
+    lane: Lane<'a>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl LaneTx<'_> {
+    /// The connection to run statements on.
+    pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        self.lane.conn()
+    }
+
+    pub async fn commit(mut self) -> anyhow::Result<()> {
+        let conn = self.lane.conn();
+        self.db
+            .bounded(async { conn.execute("commit").await.context("commit") })
+            .await?;
+        self.lane.release();
+        Ok(())
+    }
+}
+
 /// The longest [`Db::ping`] waits for an answer.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -266,6 +291,26 @@ impl Db {
         }
         .context("beginning a write transaction")?;
         Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// [`Db::begin_write`] on a lane, for a hot path: a pooled connection
+    /// costs a trip to be given back (a ping), and on PostgreSQL another to
+    /// be taken.
+    pub async fn begin_lane_write(&self) -> anyhow::Result<LaneTx<'_>> {
+        let guard = self.writer().await;
+        let mut lane = self.lane().await?;
+        let begin = match self.backend {
+            Backend::Sqlite => "begin immediate",
+            Backend::Postgres => "begin",
+        };
+        let conn = lane.conn();
+        self.bounded(async { conn.execute(begin).await.context("beginning a write transaction") })
+            .await?;
+        Ok(LaneTx {
+            db: self,
+            lane,
+            _guard: guard,
+        })
     }
 
     /// Is the database reachable? Answers within [`PING_TIMEOUT`] (the pool

@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::password::Verdict;
 use crate::store::login_attempt::{LoginGate, begin_login_attempt, clear_login_attempts};
-use crate::store::user::{UserRow, find_user_by_email, update_user_password_hash};
+use crate::store::user::{UserRow, find_login_user, update_user_password_hash};
 use crate::tokens::TokenDigest;
 
 /// Why a login was refused.
@@ -51,12 +51,22 @@ pub async fn verify_login(
     let lookup = crate::domain::normalise_username(username);
     // The attempt counts as a failure until it succeeds.
     let attempt = TokenDigest::of(&lookup);
+    // The attempt on a lane, the user through the reader on SQLite (on a
+    // lane on PostgreSQL): a pooled connection costs one more trip, a ping,
+    // when it is given back.
     let gate = {
         let _writer = state.db.writer().await;
-        begin_login_attempt(state.db.pool(), &attempt, now, state.settings.login_backoff_after).await?
+        let mut lane = state.db.lane().await?;
+        let after = state.settings.login_backoff_after;
+        let gate = state
+            .db
+            .bounded(begin_login_attempt(lane.conn(), &attempt, now, after))
+            .await?;
+        lane.release();
+        gate
     };
     let user = if lookup.len() <= 254 {
-        find_user_by_email(state.db.pool(), &lookup).await?
+        find_login_user(&state.db, &lookup).await?
     } else {
         None
     };

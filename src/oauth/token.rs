@@ -193,7 +193,7 @@ async fn password_login(
         .then(|| OpaqueToken::generate(TokenKind::RefreshToken));
     let session_expires = now + state.settings.session_max_age;
     let scope_text = scope.to_string();
-    let mut tx = state.db.begin_write().await?;
+    let mut tx = state.db.begin_lane_write().await?;
     clear_login_attempts(tx.conn(), &attempt).await?;
     let started = insert_session(
         tx.conn(),

@@ -89,8 +89,8 @@ static BEGIN_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 /// other's counts. On SQLite run it under [`super::Db::writer`]. A
 /// backed-off username is left as it is (refusals count nothing).
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn begin_login_attempt<'e>(
-    ex: impl Executor<'e, Database = Any> + Copy,
+pub async fn begin_login_attempt(
+    conn: &mut sqlx::AnyConnection,
     username: &TokenDigest,
     now: i64,
     backoff_after: u32,
@@ -108,7 +108,7 @@ pub async fn begin_login_attempt<'e>(
         .bind(FIRST_BACKOFF)
         .bind(MAX_BACKOFF)
         .bind(capped_from)
-        .fetch_optional(ex)
+        .fetch_optional(&mut *conn)
         .await
         .context("count login attempt")?;
     match counted {
@@ -120,7 +120,7 @@ pub async fn begin_login_attempt<'e>(
             let (until,): (i64,) =
                 sqlx::query_as("select blocked_until from login_attempt where username_digest = $1")
                     .bind(username.as_bytes().to_vec())
-                    .fetch_optional(ex)
+                    .fetch_optional(conn)
                     .await
                     .context("read login back-off")?
                     .unwrap_or((now + 1,));
@@ -233,7 +233,7 @@ mod tests {
                         LoginGate::Open { failures, backoff }
                     }
                 };
-                let gate = begin_login_attempt(db.pool(), &user, now, after).await?;
+                let gate = begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, after).await?;
                 assert_eq!(gate, expected, "after {after}, at {now}");
                 let row: (i64, i64, i64) = sqlx::query_as(
                     "select failures, last_attempt_at, blocked_until from login_attempt where username_digest = $1",

@@ -88,18 +88,41 @@ pub async fn insert_user<'e>(ex: impl Executor<'e, Database = Any>, user: &UserR
     .context("insert user")
 }
 
+static BY_EMAIL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("select {COLUMNS} from user_account where email_lower = $1"));
+
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_user_by_email<'e>(
     ex: impl Executor<'e, Database = Any>,
     email_lower: &str,
 ) -> anyhow::Result<Option<UserRow>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from user_account where email_lower = $1"
-    ))
-    .bind(email_lower)
-    .fetch_optional(ex)
+    sqlx::query_as(BY_EMAIL.as_str())
+        .bind(email_lower)
+        .fetch_optional(ex)
+        .await
+        .context("select user by email")
+}
+
+/// [`find_user_by_email`] for a login, outside any transaction: on this
+/// thread on SQLite ([`Db::hot_read`]), else on a lane.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn find_login_user(db: &Db, email_lower: &str) -> anyhow::Result<Option<UserRow>> {
+    db.hot_read(
+        "select user by email",
+        |c| {
+            c.prepare_cached(&BY_EMAIL)?
+                .query_row(rusqlite::named_params! {"$1": email_lower}, UserRow::from_sqlite)
+                .optional()
+        },
+        |conn| {
+            Box::pin(
+                sqlx::query_as(BY_EMAIL.as_str())
+                    .bind(email_lower.to_owned())
+                    .fetch_optional(conn),
+            )
+        },
+    )
     .await
-    .context("select user by email")
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
