@@ -167,7 +167,7 @@ impl Memory {
         if self.0.len() < count {
             self.0 = Vec::new();
             self.0.reserve_exact(count.max(RESERVED_BLOCKS));
-            advise_huge_pages(&mut self.0);
+            advise_huge_pages(&mut self.0, count);
             self.0.resize(count, Block::default());
         }
         &mut self.0[..count]
@@ -179,34 +179,38 @@ impl Memory {
     }
 }
 
-/// Asks the kernel to back `blocks`' allocation with 2 MiB pages (transparent
-/// huge pages, in the `madvise` mode most distributions ship), before any of
-/// it is touched. argon2 reads blocks all over its 19 MiB, and with 4 KiB
-/// pages that is 4,864 pages, far more than the TLB holds: most reads of a
-/// reference block missed it. Measured with the bench's password workload:
-/// 101-104 -> 111-113 logins/s. Best effort: a kernel without THP refuses,
-/// and the memory stays as it was.
+/// Asks the kernel to back the first `count` blocks with 2 MiB pages
+/// (transparent huge pages, which most kernels give only to memory advised
+/// so), before any of it is touched. argon2 reads blocks all over its
+/// 19 MiB, and with 4 KiB pages that is 4,864 pages, far more than the TLB
+/// holds: most reads of a reference block missed it. Measured with the
+/// bench's password workload, back to back: 103 and 106 -> 110 and 113
+/// logins/s. Only whole huge pages inside the blocks used are advised, so
+/// resident memory stays at most 19 MiB a thread. Best effort: with THP off
+/// the advice is ignored. With THP's `defrag` setting at `madvise` (the
+/// default) the first touch may compact memory first; it happens once per
+/// flood, when a thread takes its memory back.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn advise_huge_pages(blocks: &mut Vec<Block>) {
+fn advise_huge_pages(blocks: &mut Vec<Block>, count: usize) {
     const HUGE_PAGE: usize = 2 << 20;
     let start = blocks.as_mut_ptr().cast::<u8>();
-    let bytes = blocks.capacity() * std::mem::size_of::<Block>();
+    let bytes = count.min(blocks.capacity()) * std::mem::size_of::<Block>();
     let address = start as usize;
-    // Only whole huge pages inside the allocation.
+    // Only whole huge pages inside the blocks used.
     let skip = address.next_multiple_of(HUGE_PAGE) - address;
     let len = bytes.saturating_sub(skip) / HUGE_PAGE * HUGE_PAGE;
     if len > 0 {
         // SAFETY: `skip..skip + len` lies inside the allocation `blocks` owns
         // and keeps for the call, and MADV_HUGEPAGE is advice only: it
-        // changes which pages the kernel backs the range with, never the
-        // mapping or its contents.
+        // changes which pages the kernel backs the range with, never what
+        // the memory holds.
         unsafe { libc::madvise(start.wrapping_add(skip).cast(), len, libc::MADV_HUGEPAGE) };
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: &mut Vec<Block>) {}
+fn advise_huge_pages(_: &mut Vec<Block>, _: usize) {}
 
 /// argon2's `PasswordHasher::hash_password`, in `memory`.
 fn hash_with<'a>(

@@ -115,6 +115,17 @@ impl LaneTx<'_> {
         self.lane.release();
         Ok(())
     }
+
+    /// Undoes the transaction and keeps the connection (dropping it would
+    /// close the connection, and the next lane would open a new one).
+    pub async fn rollback(mut self) -> anyhow::Result<()> {
+        let conn = self.lane.conn();
+        self.db
+            .bounded(async { conn.execute("rollback").await.context("rollback") })
+            .await?;
+        self.lane.release();
+        Ok(())
+    }
 }
 
 /// The longest [`Db::ping`] waits for an answer.

@@ -210,6 +210,7 @@ async fn password_login(
     .await?;
     if !started {
         // Deleted while the password was being checked.
+        tx.rollback().await?;
         return Err(Error::invalid_grant());
     }
     if let Some(token) = &refresh {
