@@ -14,11 +14,11 @@ use crate::error::{Error, OAuthCode};
 use crate::store::Backend;
 use crate::store::browser::{CodeRow, consume_code, find_code, find_live_browser_session, record_code_issue};
 use crate::store::client::Client;
-use crate::store::login_attempt::clear_login_attempts;
 use crate::store::revocation::insert_revoked_access_token;
 use crate::store::session::{
-    LiveRotation, NewSession, RefreshGrantRow, find_refresh_grant, find_refresh_token, insert_refresh_token,
-    insert_session, revoke_session, rotate_live_refresh_token, rotate_refresh_token,
+    FirstRefresh, LiveRotation, NewSession, RefreshGrantRow, find_refresh_grant, find_refresh_token,
+    insert_refresh_token, insert_session, revoke_session, rotate_live_refresh_token, rotate_refresh_token,
+    start_password_login,
 };
 use crate::store::user::{UserRow, find_user};
 use crate::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, ID_TOKEN_TYP, IdClaims, encode};
@@ -193,31 +193,23 @@ async fn password_login(
         .then(|| OpaqueToken::generate(TokenKind::RefreshToken));
     let session_expires = now + state.settings.session_max_age;
     let scope_text = scope.to_string();
-    let mut tx = state.db.begin_lane_write().await?;
-    clear_login_attempts(tx.conn(), &attempt).await?;
-    let started = insert_session(
-        tx.conn(),
-        &NewSession {
-            id: &sid,
-            user_id: &user.id,
-            client_id: &client.id,
-            scope: &scope_text,
-            auth_time: now,
-            expires_at: session_expires,
-            browser_session_id: None,
-        },
-    )
-    .await?;
-    if !started {
+    let session = NewSession {
+        id: &sid,
+        user_id: &user.id,
+        client_id: &client.id,
+        scope: &scope_text,
+        auth_time: now,
+        expires_at: session_expires,
+        browser_session_id: None,
+    };
+    let first = refresh.as_ref().map(|token| FirstRefresh {
+        digest: token.digest(),
+        expires_at: (now + state.settings.refresh_token_ttl).min(session_expires),
+    });
+    if !start_password_login(&state.db, &attempt, &session, first).await? {
         // Deleted while the password was being checked.
-        tx.rollback().await?;
         return Err(Error::invalid_grant());
     }
-    if let Some(token) = &refresh {
-        let expires = (now + state.settings.refresh_token_ttl).min(session_expires);
-        insert_refresh_token(tx.conn(), &token.digest(), &sid, now, expires).await?;
-    }
-    tx.commit().await?;
     tracing::info!(event = "login_succeeded", user_id = %user.id, "password login");
     issue_for_user(
         state,

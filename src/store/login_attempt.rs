@@ -158,32 +158,13 @@ mod tests {
         assert_eq!(backoff_seconds(1, 1), FIRST_BACKOFF);
     }
 
-    /// A fresh database: on PostgreSQL when `GATEHOUSE_TEST_DATABASE_URL`
-    /// names one (as the API tests do; `.ci/run` drops them after), else a
-    /// SQLite file in `dir`.
-    async fn test_database(dir: &std::path::Path) -> anyhow::Result<String> {
-        use sqlx::Connection as _;
-        match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => {
-                sqlx::any::install_default_drivers();
-                let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::AnyConnection::connect(&url).await?;
-                conn.execute(format!("create database {name}").as_str()).await?;
-                conn.close().await?;
-                let (base, _) = url.rsplit_once('/').context("a database URL with a path")?;
-                Ok(format!("{base}/{name}"))
-            }
-            _ => Ok(format!("sqlite://{}", dir.join("a.db").display())),
-        }
-    }
-
     /// The statement against the rule it implements, step by step: the
     /// count, the back-off it earns, refusals that count nothing, and a
     /// count forgotten after a day.
     #[tokio::test]
     async fn the_statement_keeps_the_schedule() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db = crate::store::Db::connect(&test_database(dir.path()).await?).await?;
+        let db = crate::store::Db::connect(&crate::store::test_database(dir.path()).await?).await?;
         db.migrate().await?;
         for after in [1, 2, 5] {
             let user = TokenDigest::of(&format!("user-{after}@example.com"));
