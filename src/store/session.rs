@@ -5,9 +5,10 @@ use rusqlite::OptionalExtension;
 use sqlx::{Any, Executor, FromRow};
 
 use crate::store::batch::{self, Batch};
+use crate::store::login_attempt::clear_login_attempts;
 use crate::store::rotation::Rotation;
 use crate::store::user::UserRow;
-use crate::store::{Db, LaneQuery};
+use crate::store::{Backend, Db, LaneQuery};
 use crate::tokens::TokenDigest;
 
 #[derive(Debug, Clone)]
@@ -22,7 +23,8 @@ pub struct NewSession<'a> {
     pub browser_session_id: Option<&'a str>,
 }
 
-/// A new login's first refresh token: its digest and when it expires.
+/// A new login's first refresh token: its digest and when it expires. It is
+/// issued at the login's `auth_time`.
 pub struct FirstRefresh {
     pub digest: TokenDigest,
     pub expires_at: i64,
@@ -42,26 +44,44 @@ pub async fn start_password_login(
     session: &NewSession<'_>,
     refresh: Option<FirstRefresh>,
 ) -> anyhow::Result<bool> {
-    if db.backend() == crate::store::Backend::Sqlite {
-        let mut tx = db.begin_lane_write().await?;
-        crate::store::login_attempt::clear_login_attempts(tx.conn(), attempt).await?;
-        if !insert_session(tx.conn(), session).await? {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if let Some(refresh) = refresh {
-            insert_refresh_token(
-                tx.conn(),
-                &refresh.digest,
-                session.id,
-                session.auth_time,
-                refresh.expires_at,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        return Ok(true);
+    match db.backend() {
+        Backend::Sqlite => start_on_sqlite(db, attempt, session, refresh).await,
+        Backend::Postgres => start_on_postgres(db, attempt, session, refresh).await,
     }
+}
+
+async fn start_on_sqlite(
+    db: &Db,
+    attempt: &TokenDigest,
+    session: &NewSession<'_>,
+    refresh: Option<FirstRefresh>,
+) -> anyhow::Result<bool> {
+    let mut tx = db.begin_lane_write().await?;
+    clear_login_attempts(tx.conn(), attempt).await?;
+    if !insert_session(tx.conn(), session).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    if let Some(refresh) = refresh {
+        insert_refresh_token(
+            tx.conn(),
+            &refresh.digest,
+            session.id,
+            session.auth_time,
+            refresh.expires_at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn start_on_postgres(
+    db: &Db,
+    attempt: &TokenDigest,
+    session: &NewSession<'_>,
+    refresh: Option<FirstRefresh>,
+) -> anyhow::Result<bool> {
     // Every part of the statement runs, referenced or not; a foreign key
     // violation (the user or client gone) fails all of it.
     const STATEMENT: &str = "with cleared as (delete from login_attempt where username_digest = $1), \
