@@ -107,21 +107,21 @@ impl LaneTx<'_> {
         self.lane.conn()
     }
 
-    pub async fn commit(mut self) -> anyhow::Result<()> {
-        let conn = self.lane.conn();
-        self.db
-            .bounded(async { conn.execute("commit").await.context("commit") })
-            .await?;
-        self.lane.release();
-        Ok(())
+    pub async fn commit(self) -> anyhow::Result<()> {
+        self.end("commit").await
     }
 
     /// Undoes the transaction and keeps the connection (dropping it would
     /// close the connection, and the next lane would open a new one).
-    pub async fn rollback(mut self) -> anyhow::Result<()> {
+    pub async fn rollback(self) -> anyhow::Result<()> {
+        self.end("rollback").await
+    }
+
+    /// Ends the transaction with `statement`; the lane goes back for reuse.
+    async fn end(mut self, statement: &'static str) -> anyhow::Result<()> {
         let conn = self.lane.conn();
         self.db
-            .bounded(async { conn.execute("rollback").await.context("rollback") })
+            .bounded(async { conn.execute(statement).await.context(statement) })
             .await?;
         self.lane.release();
         Ok(())
