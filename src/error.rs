@@ -523,8 +523,8 @@ fn log_internal(e: &anyhow::Error) {
 /// Is this failure the database being out of reach (refused, reset, no
 /// connection within the pool's acquire timeout, shutting down; an SQLite
 /// file locked by another process past `busy_timeout`, unreadable or gone)
-/// rather than a bug? Such requests are answered 503, and the next ones succeed once the
-/// database is back.
+/// rather than a bug? Such requests are answered 503, and the next ones
+/// succeed once the database is back.
 pub fn database_unavailable(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
         Some(

@@ -8,8 +8,9 @@
 //! that also checks the back-off, and the count is cleared if it succeeds.
 //! Counting afterwards would let many parallel guesses pass the check
 //! together each time a back-off ends; this way the guesses that reach the
-//! password check are exactly those the schedule allows, on every instance. Attempts refused during a back-off are not counted: the schedule
-//! alone decides how long an account stays closed.
+//! password check are exactly those the schedule allows, on every instance.
+//! Attempts refused during a back-off are not counted: the schedule alone
+//! decides how long an account stays closed.
 
 use anyhow::Context;
 use sqlx::{Any, Executor};
