@@ -138,8 +138,9 @@ pub enum KeysCommand {
     },
 }
 
-/// Entry point of the binary.
-pub async fn main() -> ExitCode {
+/// Entry point of the binary; `serving` runs once the server is built and
+/// about to serve (the binary returns start-up memory to the system there).
+pub async fn main(serving: fn()) -> ExitCode {
     // A missing .env is normal; a broken one is reported.
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
@@ -158,13 +159,10 @@ pub async fn main() -> ExitCode {
     let logs = crate::telemetry::init(settings.log_format);
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
-    let result = execute(
-        cli.command.unwrap_or(Command::Serve),
-        settings,
-        &mut stdin.lock(),
-        &mut stdout,
-    )
-    .await;
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings, serving).await,
+        command => execute(command, settings, &mut stdin.lock(), &mut stdout).await,
+    };
     // Every buffered log line is written before the outcome's line.
     drop(logs);
     match result {
@@ -179,6 +177,12 @@ pub async fn main() -> ExitCode {
     }
 }
 
+async fn serve(settings: Settings, serving: fn()) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    serving();
+    app.run_until_stopped().await
+}
+
 /// Runs one command; output goes to `out`, a password is read from `input`.
 pub async fn execute(
     command: Command,
@@ -187,7 +191,7 @@ pub async fn execute(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Serve => Application::build(settings).await?.run_until_stopped().await,
+        Command::Serve => serve(settings, || {}).await,
         Command::Openapi => {
             writeln!(out, "{}", crate::app::openapi_json())?;
             Ok(())
