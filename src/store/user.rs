@@ -137,6 +137,20 @@ pub async fn find_user<'e>(
         .context("select user")
 }
 
+/// SQL: user `u` holds the live login `sid` names: the login itself (the
+/// password grant's `sid`), or `client_id`'s login in the browser session
+/// `sid`. Two lookups by index; written as one `exists` with an `or`, SQLite
+/// walked every login of the user instead (introspection of a user with a
+/// few hundred logins went from 23,600 to 13,800 requests/s).
+fn holds_live_login(sid: &str, client_id: &str, now: &str) -> String {
+    format!(
+        "(exists (select 1 from login_session s where s.id = {sid} and s.user_id = u.id \
+         and s.revoked_at is null and s.expires_at > {now}) \
+         or exists (select 1 from login_session s where s.browser_session_id = {sid} \
+         and s.client_id = {client_id} and s.user_id = u.id and s.revoked_at is null and s.expires_at > {now}))"
+    )
+}
+
 /// The user behind a user's access token, in one round trip: the token's
 /// `jti` not revoked, its login (or, for a browser session's `sid`, this
 /// client's chain in it) live, the user present and not disabled. On this
@@ -150,10 +164,8 @@ pub async fn find_token_holder(
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "select {COLUMNS} from user_account u where u.id = $1 and u.disabled_at is null \
-             and not exists (select 1 from revoked_access_token r where r.jti = $2) \
-             and exists (select 1 from login_session s where s.user_id = u.id \
-             and (s.id = $3 or (s.browser_session_id = $3 and s.client_id = $4)) \
-             and s.revoked_at is null and s.expires_at > $5)"
+             and not exists (select 1 from revoked_access_token r where r.jti = $2) and {}",
+            holds_live_login("$3", "$4", "$5")
         )
     });
     if let Some(batch) = db.token_holders() {
@@ -220,13 +232,10 @@ impl Batch for TokenHolders {
                 format!(
                     "with k (i, sub, jti, sid, client_id) as (values {}) \
                      select k.i, {} from k join user_account u on u.id = k.sub where u.disabled_at is null \
-                     and not exists (select 1 from revoked_access_token r where r.jti = k.jti) \
-                     and exists (select 1 from login_session s where s.user_id = u.id \
-                     and (s.id = k.sid or (s.browser_session_id = k.sid and s.client_id = k.client_id)) \
-                     and s.revoked_at is null and s.expires_at > ${}::bigint)",
+                     and not exists (select 1 from revoked_access_token r where r.jti = k.jti) and {}",
                     batch::values(n, &["bigint", "text", "text", "text", "text"]),
                     qualified_columns("u"),
-                    5 * n + 1
+                    holds_live_login("k.sid", "k.client_id", &format!("${}::bigint", 5 * n + 1))
                 )
             })
         });
