@@ -51,6 +51,8 @@ pub struct KeySet {
     published: Vec<KeyEntry>,
     jwks: bytes::Bytes,
     etag: Arc<str>,
+    /// Access tokens verified with these keys, forgotten with them.
+    verified: crate::tokens::jwt::Verified,
 }
 
 #[derive(Serialize)]
@@ -105,6 +107,7 @@ impl KeySet {
             published,
             jwks: bytes::Bytes::from(jwks),
             etag: etag.into(),
+            verified: Default::default(),
         }
     }
 
@@ -123,6 +126,10 @@ impl KeySet {
     /// A published key by `kid`: the only keys a token may be verified with.
     pub fn verifier(&self, kid: &str) -> Option<&Arc<SigningKey>> {
         self.published.iter().find(|e| e.key.kid == kid).map(|e| &e.key)
+    }
+
+    pub fn verified(&self) -> &crate::tokens::jwt::Verified {
+        &self.verified
     }
 
     pub fn jwks(&self) -> &bytes::Bytes {
