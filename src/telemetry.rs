@@ -7,8 +7,9 @@
 //! line), threads do not share a buffer (one lock taken by every line from
 //! both cores was a third of what a line cost), and nothing is dropped: a
 //! buffer that grows past [`FLUSH_AT`] between two ticks is written out by
-//! the thread that filled it. Lines of one thread keep their order; lines of
-//! different threads logged within one tick may not (each carries its time).
+//! the thread that filled it. Lines of one thread keep their order (but for
+//! one logged while the thread is being torn down, written at once); lines
+//! of different threads logged within one tick may not (each has its time).
 //! Dropping the [`LogGuard`] writes what is left, and lines logged after
 //! that are written at once.
 
@@ -95,7 +96,8 @@ pub fn init(format: LogFormat) -> LogGuard {
 type Lines = Arc<Mutex<Vec<u8>>>;
 
 thread_local! {
-    /// This thread's buffer, once it logged a line.
+    /// This thread's buffer, once it logged a line; it belongs to the one
+    /// [`Batch`] of the process, the installed subscriber's.
     static LINES: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -147,7 +149,8 @@ impl Batch {
                 let mut lines = thread.lock().unwrap_or_else(PoisonError::into_inner);
                 out.extend_from_slice(&lines);
                 lines.clear();
-                drop(lines);
+                // Counted under the lock: a thread that ended cannot append
+                // any more, and one still running keeps its buffer.
                 Arc::strong_count(thread) > 1
             });
     }
@@ -186,7 +189,9 @@ impl Write for &Batch {
         if self.direct.load(Ordering::Acquire) {
             let _out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = std::io::stderr().lock().write_all(buf);
-        } else if self.append(buf) {
+        } else if self.append(buf) || self.direct.load(Ordering::Acquire) {
+            // Full, or the guard's last gather may have run before this
+            // line was appended: written out now rather than never.
             self.write_out();
         }
         Ok(buf.len())
