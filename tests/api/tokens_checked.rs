@@ -185,6 +185,9 @@ async fn revoking_an_access_token_deactivates_it_at_once() {
     app.create_user("ada@example.com").await;
     let login = app.login(&client, "ada@example.com", Some("openid")).await;
     let at = login["access_token"].as_str().unwrap();
+    // Verified once before it is revoked: the verification is remembered,
+    // the revocation must still count.
+    assert_eq!(app.userinfo(at).await.status(), 200);
 
     let resp = app.revoke(&client, at).await;
     assert_eq!(resp.status(), 200);
