@@ -287,7 +287,11 @@ async fn refresh_grant(
         }
     };
     let expires = (now + state.settings.refresh_token_ttl).min(row.session_expires_at);
-    if !rotate_refresh_token(&state.db, &digest, &next.digest(), now, expires).await? {
+    // Queued now (SQLite); the tokens are signed while the writer thread
+    // writes it, and handed out only once it is written.
+    let rotated = rotate_refresh_token(&state.db, &digest, &next.digest(), now, expires);
+    let grant = issue_refreshed(state, client, &found, scope, now, next);
+    if !rotated.await? {
         // Another request rotated it first: that is reuse too. Otherwise the
         // chain ended since it was read (logout, a disabled user): no alarm.
         let used = find_refresh_token(state.db.pool(), &digest)
@@ -298,7 +302,7 @@ async fn refresh_grant(
         }
         return Err(Error::invalid_grant());
     }
-    issue_refreshed(state, client, &found, scope, now, next)
+    grant
 }
 
 /// The answer to a refresh that rotated: tokens for the same login.

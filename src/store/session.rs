@@ -298,22 +298,21 @@ pub async fn find_refresh_grant(db: &Db, digest: &TokenDigest) -> anyhow::Result
 /// `expires_at`) and consumes `used`, only while `used` is unconsumed and its
 /// chain not ended. True for exactly one caller, however many race; false
 /// means the token was used or its chain ended meanwhile. Concurrent
-/// rotations share one statement (`store::rotation`).
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn rotate_refresh_token(
-    db: &Db,
+/// rotations share one statement (`store::rotation`); on SQLite the rotation
+/// is queued before the returned future is first polled.
+pub fn rotate_refresh_token<'a>(
+    db: &'a Db,
     used: &TokenDigest,
     next: &TokenDigest,
     now: i64,
     expires_at: i64,
-) -> anyhow::Result<bool> {
+) -> impl Future<Output = anyhow::Result<bool>> + Send + 'a {
     db.rotate(Rotation {
         used: used.clone(),
         next: next.clone(),
         now,
         expires_at,
     })
-    .await
 }
 
 /// PostgreSQL: rotates a refresh token and reads what the refresh grant
