@@ -17,9 +17,11 @@
 //! whatever the table statistics say: on a young database they are stale,
 //! and a cached plan for 8 rotations once joined every login with every key
 //! (1,024 index probes for 8 rows) and later hashed the whole token table.
-//! So the statements reach each table through a `lateral` subquery with
-//! `limit 1`, which the planner cannot reorder, and lanes turn off hash and
-//! merge joins and sequential scans (see `POSTGRES_LANE_SETTINGS`).
+//! Lanes turn off hash and merge joins and sequential scans (see
+//! `POSTGRES_LANE_SETTINGS`; without that the token-holder batch hashed every
+//! login of the table), and the rotation statement reaches each table
+//! through a `lateral` subquery with `limit 1`, which the planner cannot
+//! reorder. A test checks the cached plan of every batch statement.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,9 @@ pub trait Batch: Send + Sync + 'static {
     /// cancels a slow statement before its caller is answered (a commit
     /// stalled past that point may still land).
     const TIMEOUT: Duration = ACQUIRE_TIMEOUT;
+    /// The statement for `len` keys, and how many rows it has (padded to a
+    /// power of two, see [`statements`]).
+    fn statement(len: usize) -> (&'static str, usize);
     /// One answer per key, in the keys' order.
     fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [Self::Key]) -> LaneQuery<'c, Vec<Self::Answer>>;
 }

@@ -54,7 +54,7 @@ impl Batch for RevokedJtis {
     type Answer = bool;
     const WHAT: &'static str = "select revoked access tokens";
 
-    fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [String]) -> LaneQuery<'c, Vec<bool>> {
+    fn statement(len: usize) -> (&'static str, usize) {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
             batch::statements(|n| {
                 format!(
@@ -64,8 +64,12 @@ impl Batch for RevokedJtis {
                 )
             })
         });
+        batch::statement(&SQL, len)
+    }
+
+    fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [String]) -> LaneQuery<'c, Vec<bool>> {
         Box::pin(async move {
-            let (sql, size) = batch::statement(&SQL, keys.len());
+            let (sql, size) = Self::statement(keys.len());
             let mut query = sqlx::query(sql);
             for (i, jti) in keys.iter().enumerate() {
                 query = query.bind(i as i64).bind(jti.as_str());

@@ -4,8 +4,10 @@
 //! worker thread; with the cores busy signing tokens, waiting for that
 //! thread is most of a rotation's cost. So on SQLite rotations queue here and
 //! one task writes whatever has queued in a single statement (at most
-//! [`MAX_BATCH`]) under the process's write lock. On PostgreSQL each request
-//! writes its own with the same statement, side by side.
+//! [`MAX_BATCH`]) under the process's write lock. On PostgreSQL a refresh
+//! rotates and reads in one statement, batched by `store::batch` (see
+//! `session::rotate_live_refresh_token`); the statement here serves only the
+//! refreshes there that narrow their scope, each request writing its own.
 //!
 //! Each rotation is all or nothing, and exactly one of several rotations of
 //! one token wins: a token queued twice is refused the second time, a used
@@ -203,9 +205,8 @@ impl super::Db {
         let queued = self.rotations.as_ref().map(|queue| queue.queue(&rotation));
         async move {
             let answer = match queued {
-                // PostgreSQL: every request writes its own, side by side; its
-                // group commit already shares the flushes, and one batch in
-                // flight at a time measured slower (2,300 → 1,600 refreshes/s).
+                // PostgreSQL (a refresh that narrows its scope): the request
+                // writes its own, side by side with the others.
                 None => {
                     let consumed = write(&self.lanes, self.backend, &[&rotation]).await?;
                     return Ok(consumed.contains(rotation.used.as_bytes()));

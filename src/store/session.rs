@@ -367,10 +367,7 @@ impl Batch for LiveRotations {
     const WHAT: &'static str = "rotate and read refresh tokens";
     const TIMEOUT: std::time::Duration = crate::store::rotation::ROTATION_TIMEOUT;
 
-    fn run<'c>(
-        conn: &'c mut sqlx::AnyConnection,
-        keys: &'c [LiveRotation],
-    ) -> LaneQuery<'c, Vec<Option<RefreshGrantRow>>> {
+    fn statement(len: usize) -> (&'static str, usize) {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
             batch::statements(|n| {
                 format!(
@@ -394,9 +391,16 @@ impl Batch for LiveRotations {
                 )
             })
         });
+        batch::statement(&SQL, len)
+    }
+
+    fn run<'c>(
+        conn: &'c mut sqlx::AnyConnection,
+        keys: &'c [LiveRotation],
+    ) -> LaneQuery<'c, Vec<Option<RefreshGrantRow>>> {
         Box::pin(async move {
             const NOTHING: [u8; 32] = [0; 32];
-            let (sql, size) = batch::statement(&SQL, keys.len());
+            let (sql, size) = Self::statement(keys.len());
             let mut query = sqlx::query(sql);
             for (i, k) in keys.iter().enumerate() {
                 query = query

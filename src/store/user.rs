@@ -223,10 +223,7 @@ impl Batch for TokenHolders {
     type Answer = Option<UserRow>;
     const WHAT: &'static str = "select token holders";
 
-    fn run<'c>(
-        conn: &'c mut sqlx::AnyConnection,
-        keys: &'c [TokenHolderKey],
-    ) -> LaneQuery<'c, Vec<Option<UserRow>>> {
+    fn statement(len: usize) -> (&'static str, usize) {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
             batch::statements(|n| {
                 format!(
@@ -239,8 +236,15 @@ impl Batch for TokenHolders {
                 )
             })
         });
+        batch::statement(&SQL, len)
+    }
+
+    fn run<'c>(
+        conn: &'c mut sqlx::AnyConnection,
+        keys: &'c [TokenHolderKey],
+    ) -> LaneQuery<'c, Vec<Option<UserRow>>> {
         Box::pin(async move {
-            let (sql, size) = batch::statement(&SQL, keys.len());
+            let (sql, size) = Self::statement(keys.len());
             let mut query = sqlx::query(sql);
             for (i, k) in keys.iter().enumerate() {
                 query = query
