@@ -6,10 +6,11 @@
 //! fails with "database is locked" instead of waiting) and writes of this
 //! process queue on one async mutex, so they never spin on the busy handler;
 //! `busy_timeout` covers other processes such as the CLI. A refresh rotation
-//! is one statement instead (no transaction), and on SQLite concurrent ones
-//! share a statement (`rotation`). The hottest reads run on the calling thread
-//! on SQLite ([`reader`]); on PostgreSQL on lanes ([`Db::lane`]) rather than
-//! through the pool, those of concurrent requests asked together ([`batch`]).
+//! is one statement instead (no transaction), and concurrent ones share a
+//! statement (on SQLite `rotation`, on PostgreSQL [`batch`]). The hottest
+//! reads run on the calling thread on SQLite ([`reader`]); on PostgreSQL on
+//! lanes ([`Db::lane`]) rather than through the pool, those of concurrent
+//! requests asked together ([`batch`]).
 
 pub mod account_token;
 pub mod batch;
@@ -464,8 +465,7 @@ const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal
 /// about 3 s. Lanes run only keyed lookups and writes, and their plans are
 /// cached per connection: with hash and merge joins and sequential scans
 /// off, a plan made while the tables were small or their statistics stale
-/// still probes the indexes (batched rotations: PostgreSQL's work per
-/// refresh 130 → 60 µs).
+/// still probes the indexes (see [`batch`]).
 const POSTGRES_LANE_SETTINGS: &str = "set statement_timeout = 2500; set enable_hashjoin = off; \
      set enable_mergejoin = off; set enable_seqscan = off";
 

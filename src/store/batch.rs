@@ -21,15 +21,16 @@
 //! `POSTGRES_LANE_SETTINGS`; without that the token-holder batch hashed every
 //! login of the table), and the rotation statement reaches each table
 //! through a `lateral` subquery with `limit 1`, which the planner cannot
-//! reorder. A test checks the cached plan of every batch statement.
+//! reorder. A test checks the cached plan of each batch statement for 8
+//! keys.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{ACQUIRE_TIMEOUT, LaneQuery, Lanes};
+use super::{ACQUIRE_TIMEOUT, Lane, LaneQuery, Lanes};
 
 /// Keys asked in one statement, at most.
 const MAX_BATCH: usize = 32;
@@ -43,11 +44,19 @@ pub trait Batch: Send + Sync + 'static {
     type Answer: Send + 'static;
     /// Names the statement in errors.
     const WHAT: &'static str;
-    /// How long a batch may take before its callers are answered 503. A
-    /// write waits longer than the lanes' `statement_timeout`, so the server
+    /// How long a statement may run before its callers are answered 503. A
+    /// write's is longer than the lanes' `statement_timeout`, so the server
     /// cancels a slow statement before its caller is answered (a commit
     /// stalled past that point may still land).
     const TIMEOUT: Duration = ACQUIRE_TIMEOUT;
+    /// A write: its callers must learn how it ended. A read's caller stops
+    /// waiting after [`Batch::TIMEOUT`] and is answered 503, whatever its
+    /// batch does later. A write's statement starts only within
+    /// [`ACQUIRE_TIMEOUT`] of its key's queueing (a key queued longer is
+    /// answered 503 and written nowhere), and its caller waits until that
+    /// statement has had its [`Batch::TIMEOUT`]: never told 503 for a write
+    /// that then commits.
+    const WRITE: bool = false;
     /// The statement for `len` keys, and how many rows it has (padded to a
     /// power of two, see [`statements`]).
     fn statement(len: usize) -> (&'static str, usize);
@@ -58,7 +67,12 @@ pub trait Batch: Send + Sync + 'static {
 /// `Err(true)`: the database is out of reach; `Err(false)`: the batch failed
 /// otherwise, and the caller asks alone to learn why.
 type Answer<A> = Result<A, bool>;
-type Queued<R> = (<R as Batch>::Key, oneshot::Sender<Answer<<R as Batch>::Answer>>);
+/// A key, who waits for its answer, and when it was queued.
+type Queued<R> = (
+    <R as Batch>::Key,
+    oneshot::Sender<Answer<<R as Batch>::Answer>>,
+    Instant,
+);
 
 pub struct Batcher<R: Batch> {
     sender: mpsc::UnboundedSender<Queued<R>>,
@@ -80,14 +94,20 @@ impl<R: Batch> Batcher<R> {
     /// alone, to get its own answer or error.
     pub async fn ask(&self, key: R::Key) -> Option<anyhow::Result<R::Answer>> {
         let (answer, answered) = oneshot::channel();
-        if self.sender.send((key, answer)).is_err() {
+        if self.sender.send((key, answer, Instant::now())).is_err() {
             return None;
         }
         // Bounded here too: with the database silent, batches come back only
         // every few seconds, and a queue that grows meanwhile must not hold
         // its callers until the request timeout. A caller that stops waiting
-        // is skipped by the workers.
-        let answer = tokio::time::timeout(R::TIMEOUT, answered)
+        // is skipped by the workers. A write's caller waits out the longest
+        // its statement may start late and run (the worker answers first).
+        let wait = if R::WRITE {
+            ACQUIRE_TIMEOUT + R::TIMEOUT + Duration::from_secs(1)
+        } else {
+            R::TIMEOUT
+        };
+        let answer = tokio::time::timeout(wait, answered)
             .await
             .unwrap_or(Ok(Err(true)))
             .unwrap_or(Err(false));
@@ -107,12 +127,36 @@ async fn work<R: Batch>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>
             return;
         }
         // Nobody waits for these any more (a request timed out or went away).
-        batch.retain(|(_, answer): &Queued<R>| !answer.is_closed());
+        batch.retain(|(_, answer, _): &Queued<R>| !answer.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let (keys, answers): (Vec<R::Key>, Vec<_>) = batch.drain(..).unzip();
-        match ask::<R>(&lanes, &keys).await {
+        let lane = lanes.lane().await;
+        if R::WRITE {
+            // Written only while its caller is sure to hear how it ended;
+            // nothing is written for a key queued too long.
+            let (late, ready): (Vec<_>, Vec<_>) = batch
+                .drain(..)
+                .filter(|(_, answer, _)| !answer.is_closed())
+                .partition(|(_, _, queued)| queued.elapsed() > ACQUIRE_TIMEOUT);
+            for (_, answer, _) in late {
+                let _ = answer.send(Err(true));
+            }
+            batch.extend(ready);
+        }
+        if batch.is_empty() {
+            if let Ok(lane) = lane {
+                lane.release();
+            }
+            continue;
+        }
+        let (keys, answers): (Vec<R::Key>, Vec<_>) =
+            batch.drain(..).map(|(key, answer, _)| (key, answer)).unzip();
+        let found = match lane {
+            Ok(mut lane) => run::<R>(&mut lane, &keys).await.inspect(|_| lane.release()),
+            Err(e) => Err(e),
+        };
+        match found {
             Ok(found) if found.len() == keys.len() => {
                 for (answer, value) in answers.into_iter().zip(found) {
                     let _ = answer.send(Ok(value));
@@ -151,12 +195,17 @@ pub(super) async fn alone<R: Batch>(lanes: &Lanes, key: R::Key) -> anyhow::Resul
 
 async fn ask<R: Batch>(lanes: &Lanes, keys: &[R::Key]) -> anyhow::Result<Vec<R::Answer>> {
     let mut lane = lanes.lane().await?;
-    let found = tokio::time::timeout(R::TIMEOUT, R::run(lane.conn(), keys))
-        .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-        .context(R::WHAT)?;
+    let found = run::<R>(&mut lane, keys).await?;
     lane.release();
     Ok(found)
+}
+
+/// The statement for `keys` on `lane`, bounded by [`Batch::TIMEOUT`].
+async fn run<R: Batch>(lane: &mut Lane<'_>, keys: &[R::Key]) -> anyhow::Result<Vec<R::Answer>> {
+    tokio::time::timeout(R::TIMEOUT, R::run(lane.conn(), keys))
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        .context(R::WHAT)
 }
 
 /// The statement for each batch size (1, 2, 4 … [`MAX_BATCH`]), made by

@@ -29,10 +29,11 @@ use crate::tokens::TokenDigest;
 /// Rotations written by one statement, at most (four parameters each).
 const MAX_BATCH: usize = 64;
 
-/// PostgreSQL: how long a rotation waits for its answer; half a second more
-/// than the lanes' `statement_timeout`, which cancels a slow one on the
-/// server first (a commit stalled past that point may still land; the
-/// client's retry then counts as reuse and ends the chain).
+/// PostgreSQL: how long a rotation's statement may run before its caller is
+/// answered 503; half a second more than the lanes' `statement_timeout`,
+/// which cancels a slow one on the server first (a commit stalled past that
+/// point may still land; the client's retry then counts as reuse and ends
+/// the chain).
 pub(super) const ROTATION_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One rotation: insert `next` in place of `used`, if `used` is still live.

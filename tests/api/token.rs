@@ -229,10 +229,10 @@ async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
 
 #[tokio::test]
 async fn refreshes_arriving_together_each_rotate_their_own_chain_exactly_once() {
-    // Rotations that arrive together are written by one statement (SQLite's
-    // queue, PostgreSQL's batches): here one batch mixes single refreshes of
-    // distinct chains, three racing refreshes of one token per chain, and a
-    // chain that ended before.
+    // Rotations that arrive together are written by shared statements
+    // (SQLite's queue, PostgreSQL's batches): here the batches mix single
+    // refreshes of distinct chains, three racing refreshes of one token per
+    // chain, and a chain that ended before.
     let app = TestApp::spawn().await;
     let client = app.web_client().await;
     app.create_user("ada@example.com").await;
