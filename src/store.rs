@@ -7,7 +7,8 @@
 //! process queue on one async mutex, so they never spin on the busy handler;
 //! `busy_timeout` covers other processes such as the CLI. A refresh rotation
 //! is one statement instead (no transaction), and concurrent ones share a
-//! statement (on SQLite `rotation`, on PostgreSQL [`batch`]). The hottest
+//! statement (on SQLite `rotation`; on PostgreSQL [`batch`], those that keep
+//! their scope). The hottest
 //! reads run on the calling thread on SQLite ([`reader`]); on PostgreSQL on
 //! lanes ([`Db::lane`]) rather than through the pool, those of concurrent
 //! requests asked together ([`batch`]).

@@ -44,18 +44,21 @@ pub trait Batch: Send + Sync + 'static {
     type Answer: Send + 'static;
     /// Names the statement in errors.
     const WHAT: &'static str;
-    /// How long a statement may run before its callers are answered 503. A
-    /// write's is longer than the lanes' `statement_timeout`, so the server
-    /// cancels a slow statement before its caller is answered (a commit
-    /// stalled past that point may still land).
+    /// How long a batch's statement may run, and a read's caller wait from
+    /// its queueing, before they are answered 503. A write's is longer than
+    /// the lanes' `statement_timeout`, so the server cancels a slow statement
+    /// before its caller is answered (a commit stalled past that point may
+    /// still land).
     const TIMEOUT: Duration = ACQUIRE_TIMEOUT;
     /// A write: its callers must learn how it ended. A read's caller stops
     /// waiting after [`Batch::TIMEOUT`] and is answered 503, whatever its
     /// batch does later. A write's statement starts only within
     /// [`ACQUIRE_TIMEOUT`] of its key's queueing (a key queued longer is
     /// answered 503 and written nowhere), and its caller waits until that
-    /// statement has had its [`Batch::TIMEOUT`]: never told 503 for a write
-    /// that then commits.
+    /// statement has had its [`Batch::TIMEOUT`]. So a caller is told 503 for
+    /// a write that then commits only if the commit stalls past that, or the
+    /// request's own timeout (`GATEHOUSE_REQUEST_TIMEOUT`, 30 s by default)
+    /// ends it first.
     const WRITE: bool = false;
     /// The statement for `len` keys, and how many rows it has (padded to a
     /// power of two, see [`statements`]).
@@ -64,8 +67,9 @@ pub trait Batch: Send + Sync + 'static {
     fn run<'c>(conn: &'c mut sqlx::AnyConnection, keys: &'c [Self::Key]) -> LaneQuery<'c, Vec<Self::Answer>>;
 }
 
-/// `Err(true)`: the database is out of reach; `Err(false)`: the batch failed
-/// otherwise, and the caller asks alone to learn why.
+/// `Err(true)`: the database is out of reach, or a write's outcome is
+/// unknown (answered 503); `Err(false)`: the batch failed otherwise, and the
+/// caller asks alone to learn why.
 type Answer<A> = Result<A, bool>;
 /// A key, who waits for its answer, and when it was queued.
 type Queued<R> = (
@@ -128,22 +132,12 @@ async fn work<R: Batch>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>
         }
         // Nobody waits for these any more (a request timed out or went away).
         batch.retain(|(_, answer, _): &Queued<R>| !answer.is_closed());
+        skip_late::<R>(&mut batch);
         if batch.is_empty() {
             continue;
         }
         let lane = lanes.lane().await;
-        if R::WRITE {
-            // Written only while its caller is sure to hear how it ended;
-            // nothing is written for a key queued too long.
-            let (late, ready): (Vec<_>, Vec<_>) = batch
-                .drain(..)
-                .filter(|(_, answer, _)| !answer.is_closed())
-                .partition(|(_, _, queued)| queued.elapsed() > ACQUIRE_TIMEOUT);
-            for (_, answer, _) in late {
-                let _ = answer.send(Err(true));
-            }
-            batch.extend(ready);
-        }
+        skip_late::<R>(&mut batch);
         if batch.is_empty() {
             if let Ok(lane) = lane {
                 lane.release();
@@ -168,12 +162,20 @@ async fn work<R: Batch>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>
                     R::WHAT,
                     keys.len()
                 );
+                // A write that ran may have committed: asking again alone
+                // would take its own rotation for a reuse.
                 for answer in answers {
-                    let _ = answer.send(Err(false));
+                    let _ = answer.send(Err(R::WRITE));
                 }
             }
             Err(e) => {
-                let unavailable = crate::error::database_unavailable(&e);
+                // A write is asked again alone only if the server refused its
+                // statement (rolled back); after an error reading its rows it
+                // may have committed.
+                let refused = e
+                    .downcast_ref::<sqlx::Error>()
+                    .is_some_and(|e| matches!(e, sqlx::Error::Database(_)));
+                let unavailable = crate::error::database_unavailable(&e) || (R::WRITE && !refused);
                 if unavailable {
                     tracing::debug!("{}: a batch of {} failed: {e:#}", R::WHAT, keys.len());
                 } else {
@@ -185,6 +187,23 @@ async fn work<R: Batch>(receiver: Arc<Mutex<mpsc::UnboundedReceiver<Queued<R>>>>
             }
         }
     }
+}
+
+/// A write's keys queued longer than [`ACQUIRE_TIMEOUT`] are answered 503
+/// and written nowhere: their callers could stop waiting before the
+/// statement ends.
+fn skip_late<R: Batch>(batch: &mut Vec<Queued<R>>) {
+    if !R::WRITE {
+        return;
+    }
+    let (late, ready): (Vec<_>, Vec<_>) = batch
+        .drain(..)
+        .filter(|(_, answer, _)| !answer.is_closed())
+        .partition(|(_, _, queued)| queued.elapsed() > ACQUIRE_TIMEOUT);
+    for (_, answer, _) in late {
+        let _ = answer.send(Err(true));
+    }
+    batch.extend(ready);
 }
 
 /// `key` alone, on a lane: a batch of one.

@@ -407,7 +407,7 @@ impl Batch for LiveRotations {
             let (sql, size) = Self::statement(keys.len());
             let mut query = sqlx::query(sql);
             // In the order of their tokens, so that two batches lock the rows
-            // they share in the same order and never wait for each other.
+            // they share in the same order and never deadlock.
             let mut order: Vec<(usize, &LiveRotation)> = keys.iter().enumerate().collect();
             order.sort_by(|(_, a), (_, b)| a.used.as_bytes().cmp(b.used.as_bytes()));
             for (i, k) in order {
