@@ -4,7 +4,9 @@
 //! as the server's hashing threads do). Prints one JSON line.
 //!
 //! `cargo bench --bench ceilings` (release profile); `BENCH_SECONDS` sets the
-//! duration of each measurement (default 3).
+//! duration of each measurement (default 3). `BENCH_ONLY=rs256_2t` or
+//! `BENCH_ONLY=argon2_2t` measures only that one (the ceilings measured
+//! between a workload's rounds).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -68,32 +70,40 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let sign = Arc::new(sign);
-    let s1 = {
-        let sign = sign.clone();
-        per_second(1, seconds, move || sign())
+    let argon = || {
+        // Each thread keeps its argon2 memory from one hash to the next, as
+        // the server's hashing threads do while logins come back to back.
+        thread_local! {
+            static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+        }
+        let password = SecretString::from("correct horse battery staple");
+        let hashes = per_second(2, seconds, move || {
+            MEMORY.with_borrow_mut(|memory| {
+                let _ = std::hint::black_box(gatehouse::password::hash_in(memory, &password));
+            })
+        });
+        (hashes * 10.0).round() / 10.0
     };
-    let s2 = {
-        let sign = sign.clone();
-        per_second(2, seconds, move || sign())
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let measured = match only.as_str() {
+        "rs256_2t" => serde_json::json!({
+            "rs256_signatures_per_s_2_threads": per_second(2, seconds, move || sign()).round(),
+        }),
+        "argon2_2t" => serde_json::json!({ "argon2id_hashes_per_s_2_threads": argon() }),
+        "" => {
+            let s1 = {
+                let sign = sign.clone();
+                per_second(1, seconds, move || sign())
+            };
+            let s2 = per_second(2, seconds, move || sign());
+            serde_json::json!({
+                "rs256_signatures_per_s_1_thread": s1.round(),
+                "rs256_signatures_per_s_2_threads": s2.round(),
+                "argon2id_hashes_per_s_2_threads": argon(),
+            })
+        }
+        other => anyhow::bail!("BENCH_ONLY: rs256_2t or argon2_2t, not {other:?}"),
     };
-    // Each thread keeps its argon2 memory from one hash to the next, as the
-    // server's hashing threads do while logins come back to back.
-    thread_local! {
-        static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
-    }
-    let password = SecretString::from("correct horse battery staple");
-    let argon = per_second(2, seconds, move || {
-        MEMORY.with_borrow_mut(|memory| {
-            let _ = std::hint::black_box(gatehouse::password::hash_in(memory, &password));
-        })
-    });
-    println!(
-        "{}",
-        serde_json::json!({
-            "rs256_signatures_per_s_1_thread": s1.round(),
-            "rs256_signatures_per_s_2_threads": s2.round(),
-            "argon2id_hashes_per_s_2_threads": (argon * 10.0).round() / 10.0,
-        })
-    );
+    println!("{measured}");
     Ok(())
 }

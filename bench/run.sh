@@ -7,16 +7,18 @@
 # hashes/s (2 threads) and a trivial poem handler's requests/s; then starts
 # the release server on SQLite (and on a fresh PostgreSQL database when a URL
 # is given), seeds it with the CLI and drives each workload with
-# bench/load.rs (32 connections, DURATION s after WARMUP s discarded).
-# Also measures idle RSS, peak RSS during the password flood and start to
-# /ready with an existing key. Prints one table; writes bench/results/NAME.json
-# (NAME=latest unless set).
+# bench/load.rs (32 connections) in ROUNDS rounds of DURATION s, each after
+# WARMUP s discarded, with the workload's ceiling measured before, between
+# and after them. Also measures idle RSS, peak RSS during the password flood
+# and start to /ready with an existing key. Prints one table; writes
+# bench/results/NAME.json (NAME=latest unless set).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PG_URL=${1:-${GATEHOUSE_BENCH_PG_URL:-}}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-4}
 WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-18080}
 NAME=${NAME:-latest}
@@ -32,6 +34,13 @@ cargo build --release --quiet --examples
 GH="${GATEHOUSE_BENCH_BIN:-$PWD/target/release/gatehouse}"
 LOAD="$PWD/target/release/examples/load"
 TRIVIAL="$PWD/target/release/examples/trivial"
+# The ceilings binary itself, so a ceiling between rounds costs no cargo run.
+CEILINGS_BIN=$(cargo bench --bench ceilings --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ceilings" and m.get("executable"):
+        print(m["executable"])')
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -59,7 +68,7 @@ wait_ready() { # URL -> milliseconds until it answered 200
 }
 
 echo "==> ceilings: RS256 (1, 2 threads), argon2id (2 threads)" >&2
-CEILINGS=$(BENCH_SECONDS=3 cargo bench --quiet --bench ceilings 2>/dev/null | tail -1)
+CEILINGS=$(BENCH_SECONDS=3 "${CEILINGS_BIN}" | tail -1)
 echo "${CEILINGS}" >"${WORK}/ceilings.json"
 echo "    ${CEILINGS}" >&2
 
@@ -68,7 +77,7 @@ trivial_ceiling() { # OUT [SECONDS]
     PIDS+=($!)
     wait_ready "http://127.0.0.1:$((PORT + 10))/" >/dev/null
     "${LOAD}" --url "http://127.0.0.1:$((PORT + 10))" --workload trivial --connections "${CONNECTIONS}" \
-        --duration "${2:-${DURATION}}" --warmup "${WARMUP}" >"$1"
+        --duration "${2:-${DURATION}}" --warmup "${3:-${WARMUP}}" >"$1"
     kill "${PIDS[-1]}"
     wait "${PIDS[-1]}" 2>/dev/null || true
 }
@@ -77,17 +86,17 @@ echo "==> ceiling: trivial poem handler" >&2
 trivial_ceiling "${WORK}/trivial.json"
 cat "${WORK}/trivial.json" >&2
 
-# This machine's speed drifts by up to a fifth over minutes (a shared host),
-# so each workload's ceiling is measured again just before it and just after
-# it, and its ratio is taken against the mean of the two (CEILING_SECONDS
-# each; ADJACENT=0 turns it off).
-ADJACENT=${ADJACENT:-1}
-CEILING_SECONDS=${CEILING_SECONDS:-3}
+# This machine's speed drifts by a fifth and more within minutes (a shared
+# host), so each workload runs in ROUNDS rounds with its ceiling measured
+# before, between and after them (CEILING_SECONDS each). Each round's ratio
+# is taken against the mean of the ceilings on either side of it, and the
+# table gives the median round.
+CEILING_SECONDS=${CEILING_SECONDS:-2}
 adjacent_ceiling() { # WORKLOAD OUT
-    [[ "${ADJACENT}" == 1 ]] || return 0
     case "$1" in
-    jwks | discovery | introspect | userinfo) trivial_ceiling "$2" "${CEILING_SECONDS}" ;;
-    *) BENCH_SECONDS=$((CEILING_SECONDS / 2 + 1)) cargo bench --quiet --bench ceilings 2>/dev/null | tail -1 >"$2" ;;
+    jwks | discovery | introspect | userinfo) trivial_ceiling "$2" "${CEILING_SECONDS}" 1 ;;
+    password | password+jwks) BENCH_SECONDS=${CEILING_SECONDS} BENCH_ONLY=argon2_2t "${CEILINGS_BIN}" | tail -1 >"$2" ;;
+    *) BENCH_SECONDS=${CEILING_SECONDS} BENCH_ONLY=rs256_2t "${CEILINGS_BIN}" | tail -1 >"$2" ;;
     esac
 }
 
@@ -133,12 +142,14 @@ bench_backend() { # NAME DATABASE_URL
     echo "{\"start_to_ready_ms\": ${ready_ms}, \"idle_rss_kib\": ${idle_kib}, \"argon2_permits\": $(nproc)}" \
         | tee "${dir}/memory.json" >&2
     for w in ${WORKLOADS}; do
-        adjacent_ceiling "${w}" "${dir}/${w}.ceiling.json"
-        echo "==> ${name}: ${w}" >&2
-        "${LOAD}" --url "${URL}" --workload "${w}" --connections "${CONNECTIONS}" \
-            --duration "${DURATION}" --warmup "${WARMUP}" --client "${id}:${secret}" \
-            --users "${dir}/users" --pid "${server}" | tee "${dir}/${w}.json" >&2
-        adjacent_ceiling "${w}" "${dir}/${w}.ceiling-after.json"
+        adjacent_ceiling "${w}" "${dir}/${w}.ceiling.0.json"
+        for round in $(seq "${ROUNDS}"); do
+            echo "==> ${name}: ${w}, round ${round} of ${ROUNDS}" >&2
+            "${LOAD}" --url "${URL}" --workload "${w}" --connections "${CONNECTIONS}" \
+                --duration "${DURATION}" --warmup "${WARMUP}" --client "${id}:${secret}" \
+                --users "${dir}/users" --pid "${server}" | tee "${dir}/${w}.round.${round}.json" >&2
+            adjacent_ceiling "${w}" "${dir}/${w}.ceiling.${round}.json"
+        done
     done
     kill "${server}"
     wait "${server}" 2>/dev/null || true
