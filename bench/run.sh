@@ -41,6 +41,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ceilings" and m.get("executable"):
         print(m["executable"])')
+[[ -x "${CEILINGS_BIN}" ]] || { echo "bench: cargo built no ceilings binary" >&2; exit 1; }
 
 WORK=$(mktemp -d)
 PIDS=()
