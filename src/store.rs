@@ -8,10 +8,9 @@
 //! `busy_timeout` covers other processes such as the CLI. A refresh rotation
 //! is one statement instead (no transaction), and concurrent ones share a
 //! statement (on SQLite `rotation`; on PostgreSQL [`batch`], those that keep
-//! their scope). The hottest
-//! reads run on the calling thread on SQLite ([`reader`]); on PostgreSQL on
-//! lanes ([`Db::lane`]) rather than through the pool, those of concurrent
-//! requests asked together ([`batch`]).
+//! their scope). The hottest reads run on the calling thread on SQLite
+//! ([`reader`]); on PostgreSQL on lanes ([`Db::lane`]) rather than through
+//! the pool, those of concurrent requests asked together ([`batch`]).
 
 pub mod account_token;
 pub mod batch;
