@@ -112,6 +112,15 @@ impl Reader {
         }
     }
 
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// No read is served any more (answered 503); kept connections close.
     pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::Release);
