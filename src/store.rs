@@ -454,9 +454,9 @@ pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx
 /// another connection's commit made the page cache stale.
 /// Rows over about 1 KB (mail bodies) now take an overflow page or two.
 /// `wal_autocheckpoint = 0`: no commit copies the WAL back into the database;
-/// a task of its own does ([`checkpoint`]), so the writer never waits for
-/// it. The log starts over once it holds 10,000 pages; under sustained
-/// refresh load the WAL file grew to 18-25 MB (with 1 KiB pages).
+/// a task of its own does ([`checkpoint`]), and writers wait only for the
+/// last few milliseconds of it, when the log starts over (every 10,000
+/// pages). Under sustained refresh load the WAL file grew to 18-25 MB.
 const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal; \
      pragma busy_timeout = 10000; pragma foreign_keys = on; pragma synchronous = normal; \
      pragma mmap_size = 268435456; \
