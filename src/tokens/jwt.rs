@@ -85,6 +85,15 @@ struct Header<'a> {
     kid: &'a str,
 }
 
+/// A fresh `jti`: a version 4 UUID whose random bits come from aws-lc's
+/// generator, which the kernel seeds, rather than from a getrandom(2) call
+/// per token as `Uuid::new_v4` makes.
+pub fn new_jti() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("the random source failed"))?;
+    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
+}
+
 /// Signs `claims` as a compact JWS with `RS256`.
 pub fn encode(key: &SigningKey, typ: &str, claims: &impl Serialize) -> anyhow::Result<String> {
     let header = serde_json::to_vec(&Header {
@@ -405,6 +414,17 @@ mod proptests {
         Some("x5c"),
         Some("crit"),
     ];
+
+    #[test]
+    fn every_jti_is_a_new_version_4_uuid() {
+        let jtis: std::collections::HashSet<String> = (0..1_000).map(|_| super::new_jti().unwrap()).collect();
+        assert_eq!(jtis.len(), 1_000);
+        for jti in &jtis {
+            let uuid = uuid::Uuid::parse_str(jti).unwrap();
+            assert_eq!(uuid.get_version(), Some(uuid::Version::Random));
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        }
+    }
 
     #[test]
     fn a_verified_token_is_answered_from_memory_until_it_expires() {
