@@ -117,6 +117,7 @@ impl Reader {
         &self.path
     }
 
+    /// Whether [`Reader::close`] was called: the database is shutting down.
     pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
