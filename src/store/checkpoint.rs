@@ -27,10 +27,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use tokio::sync::Mutex;
 
-use super::reader::Reader;
+use super::reader::{Reader, open_existing};
 
 /// How often the log is copied back.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -146,18 +146,12 @@ async fn checkpoint(conn: &mut Option<Connection>, path: &Path, mode: Mode) -> a
 }
 
 fn open(path: &Path) -> anyhow::Result<Connection> {
-    // Read-write without create: a file that disappeared is an error.
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .context("opening the SQLite database to checkpoint it")?;
+    let conn = open_existing(path).context("opening the SQLite database to checkpoint it")?;
     // `synchronous` decides the checkpoint's fsyncs: the same as the
     // writers'. `busy_timeout` bounds only the RESTART checkpoint's wait; a
     // PASSIVE one never waits.
     conn.execute_batch(&format!(
-        "pragma synchronous = normal; pragma wal_autocheckpoint = 0; \
-         pragma busy_timeout = {RESTART_WAIT_MS};"
+        "pragma synchronous = normal; pragma busy_timeout = {RESTART_WAIT_MS};"
     ))?;
     Ok(conn)
 }

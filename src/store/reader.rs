@@ -60,11 +60,7 @@ impl Reader {
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
-        // Read-write without create: a file that disappeared is an error.
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = open_existing(&self.path)?;
         // No memory map: a read after another connection's commit drops the
         // page cache and, with a map, unmaps the whole file too (munmap(2)
         // and a TLB shootdown on every core, then page faults). Under
@@ -127,6 +123,15 @@ impl Reader {
         self.closed.store(true, std::sync::atomic::Ordering::Release);
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
+}
+
+/// Opens the database file read-write without create: a file that
+/// disappeared is an error, never a fresh empty database.
+pub(super) fn open_existing(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
 }
 
 fn is_locked(e: &rusqlite::Error) -> bool {
