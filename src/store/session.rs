@@ -517,11 +517,8 @@ mod tests {
     /// On the database the tests run on: a login whose user is gone writes
     /// nothing and keeps the failed attempts; one whose user exists clears
     /// them and starts its login and its chain.
-    #[tokio::test]
-    async fn a_password_login_starts_all_or_nothing() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let db = Db::connect(&crate::store::test_database(dir.path()).await?).await?;
-        db.migrate().await?;
+    /// Client `c` and user `u`.
+    async fn client_and_user(db: &Db) -> anyhow::Result<()> {
         sqlx::query(
             "insert into client (id, name, grant_types, scopes, created_at, redirect_uris, \
              post_logout_redirect_uris) values ('c', 'c', 'password', 'read', 0, '', '')",
@@ -534,11 +531,11 @@ mod tests {
         )
         .execute(db.pool())
         .await?;
-        let attempt = TokenDigest::of("a@example.com");
-        let mut conn = db.pool().acquire().await?;
-        crate::store::login_attempt::begin_login_attempt(&mut conn, &attempt, 100, 5).await?;
-        drop(conn);
-        let session = |id, user_id| NewSession {
+        Ok(())
+    }
+
+    fn session<'a>(id: &'a str, user_id: &'a str) -> NewSession<'a> {
+        NewSession {
             id,
             user_id,
             client_id: "c",
@@ -546,7 +543,19 @@ mod tests {
             auth_time: 100,
             expires_at: 1_000,
             browser_session_id: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_password_login_starts_all_or_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Db::connect(&crate::store::test_database(dir.path()).await?).await?;
+        db.migrate().await?;
+        client_and_user(&db).await?;
+        let attempt = TokenDigest::of("a@example.com");
+        let mut conn = db.pool().acquire().await?;
+        crate::store::login_attempt::begin_login_attempt(&mut conn, &attempt, 100, 5).await?;
+        drop(conn);
         let first = || FirstRefresh {
             digest: TokenDigest::of("rt"),
             expires_at: 500,
@@ -579,6 +588,51 @@ mod tests {
         assert!(start_password_login(&db, &attempt, &session("s2", "u"), None).await?);
         assert_eq!(count(&db, "login_session").await?, 2);
         assert_eq!(count(&db, "refresh_token").await?, 1);
+        db.close().await;
+        Ok(())
+    }
+
+    /// A login's refresh tokens go with it: when the login is deleted, and
+    /// when its user is (on PostgreSQL by a trigger, on SQLite by the
+    /// foreign key's cascade).
+    #[tokio::test]
+    async fn a_deleted_login_takes_its_refresh_tokens() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Db::connect(&crate::store::test_database(dir.path()).await?).await?;
+        db.migrate().await?;
+        client_and_user(&db).await?;
+        for (sid, tokens) in [("s1", ["a1", "a2"]), ("s2", ["b1", "b2"]), ("s3", ["c1", "c2"])] {
+            let first = FirstRefresh {
+                digest: TokenDigest::of(tokens[0]),
+                expires_at: 500,
+            };
+            let attempt = TokenDigest::of(sid);
+            assert!(start_password_login(&db, &attempt, &session(sid, "u"), Some(first)).await?);
+            sqlx::query("insert into refresh_token (digest, session_id, issued_at, expires_at) values ($1, $2, 0, 500)")
+                .bind(TokenDigest::of(tokens[1]).as_bytes().to_vec())
+                .bind(sid)
+                .execute(db.pool())
+                .await?;
+        }
+        assert_eq!(count(&db, "refresh_token").await?, 6);
+
+        sqlx::query("delete from login_session where id = 's1'")
+            .execute(db.pool())
+            .await?;
+        assert_eq!(count(&db, "refresh_token").await?, 4);
+        for gone in ["a1", "a2"] {
+            assert!(
+                find_refresh_token(db.pool(), &TokenDigest::of(gone))
+                    .await?
+                    .is_none()
+            );
+        }
+
+        sqlx::query("delete from user_account where id = 'u'")
+            .execute(db.pool())
+            .await?;
+        assert_eq!(count(&db, "login_session").await?, 0);
+        assert_eq!(count(&db, "refresh_token").await?, 0);
         db.close().await;
         Ok(())
     }
