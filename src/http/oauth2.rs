@@ -9,9 +9,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::ApiTag;
 use super::pages::{message_html, page_csp};
 use super::signin::AuthorizeAnswer;
+use super::{ApiTag, RawJson};
 use crate::app::AppState;
 use crate::domain::GrantType;
 use crate::error::{BearerErrorResponse, Error, OAuthCode, OAuthErrorResponse};
@@ -90,7 +90,8 @@ pub struct TokenForm2 {
 }
 
 /// RFC 6749 §5.1 successful token response.
-#[derive(Debug, Object)]
+// `Object` gives the schema; the body is what serde writes (`TokenResponse`).
+#[derive(Debug, Object, serde::Serialize)]
 #[oai(example)]
 pub struct TokenBody {
     /// An RFC 9068 JWT, signed RS256.
@@ -103,9 +104,11 @@ pub struct TokenBody {
     pub scope: String,
     /// Single use: each refresh returns a new one.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     /// OIDC id_token, when `openid` was granted.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
 }
 
@@ -123,12 +126,14 @@ impl poem_openapi::types::Example for TokenBody {
     }
 }
 
+/// The body is serialised straight from [`TokenBody`] (`RawJson`), not
+/// through a `serde_json::Value` as `Json` does: the hottest answer there is.
 #[derive(ApiResponse)]
 pub enum TokenResponse {
     /// Tokens issued.
     #[oai(status = 200)]
     Ok(
-        Json<TokenBody>,
+        RawJson<TokenBody>,
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Pragma")] String,
     ),
@@ -471,15 +476,17 @@ impl OAuth2Api {
         let request = parse_token_request(&mut form);
         let client = oauth::authenticate_client(state, creds).await?;
         let grant = oauth::exchange(state, &client, request?, now).await?;
+        let body = TokenBody {
+            access_token: grant.access_token,
+            token_type: "Bearer".into(),
+            expires_in: grant.expires_in,
+            scope: grant.scope.to_string(),
+            refresh_token: grant.refresh_token.map(|t| t.expose().to_owned()),
+            id_token: grant.id_token,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| Error::from(anyhow::Error::from(e)))?;
         Ok(TokenResponse::Ok(
-            Json(TokenBody {
-                access_token: grant.access_token,
-                token_type: "Bearer".into(),
-                expires_in: grant.expires_in,
-                scope: grant.scope.to_string(),
-                refresh_token: grant.refresh_token.map(|t| t.expose().to_owned()),
-                id_token: grant.id_token,
-            }),
+            RawJson::new(body.into()),
             no_store(),
             "no-cache".into(),
         ))
