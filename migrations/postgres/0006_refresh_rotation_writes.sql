@@ -10,15 +10,16 @@ alter table refresh_token set (fillfactor = 70);
 -- No foreign key from a refresh token to its login: checking it locked the
 -- login's row (`for key share`), which wrote to that row and to the log on
 -- every rotation. A login's tokens are deleted with it by the trigger below
--- instead (for a user's or a client's deletion too, which cascade to the
--- login). A token inserted for a login deleted meanwhile is never found:
--- every lookup joins its login. Pruning deletes it once it expires.
+-- instead (also when a user's or a client's deletion cascades to the login),
+-- one index lookup per login as the cascade did. A token inserted for a
+-- login deleted meanwhile is never found: every lookup joins its login.
+-- Pruning deletes it once it expires.
 alter table refresh_token drop constraint refresh_token_session_id_fkey;
 create function refresh_token_delete_with_login() returns trigger language plpgsql as $$
 begin
-    delete from refresh_token where session_id in (select id from ended);
+    delete from refresh_token where session_id = old.id;
     return null;
 end
 $$;
 create trigger login_session_deleted after delete on login_session
-referencing old table as ended for each statement execute function refresh_token_delete_with_login();
+for each row execute function refresh_token_delete_with_login();

@@ -127,7 +127,7 @@ impl poem_openapi::types::Example for TokenBody {
 }
 
 /// The body is serialised straight from [`TokenBody`] (`RawJson`), not
-/// through a `serde_json::Value` as `Json` does: the hottest answer there is.
+/// through a `serde_json::Value` as `Json` does.
 #[derive(ApiResponse)]
 pub enum TokenResponse {
     /// Tokens issued.

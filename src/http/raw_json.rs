@@ -1,5 +1,6 @@
-//! A JSON body serialised ahead of time (JWKS, discovery), documented by the
-//! schema of `T` but sent as stored bytes.
+//! A JSON body serialised by the caller (JWKS and discovery ahead of time,
+//! the token answer by serde), documented by the schema of `T` but sent as
+//! the bytes given.
 
 use std::marker::PhantomData;
 

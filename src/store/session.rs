@@ -514,9 +514,6 @@ mod tests {
         Ok(sqlx::query_scalar(&sql).fetch_one(db.pool()).await?)
     }
 
-    /// On the database the tests run on: a login whose user is gone writes
-    /// nothing and keeps the failed attempts; one whose user exists clears
-    /// them and starts its login and its chain.
     /// Client `c` and user `u`.
     async fn client_and_user(db: &Db) -> anyhow::Result<()> {
         sqlx::query(
@@ -534,6 +531,14 @@ mod tests {
         Ok(())
     }
 
+    async fn assert_gone(db: &Db, tokens: &[&str]) -> anyhow::Result<()> {
+        for token in tokens {
+            let found = find_refresh_token(db.pool(), &TokenDigest::of(token)).await?;
+            assert!(found.is_none(), "refresh token {token} outlived its login");
+        }
+        Ok(())
+    }
+
     fn session<'a>(id: &'a str, user_id: &'a str) -> NewSession<'a> {
         NewSession {
             id,
@@ -546,6 +551,9 @@ mod tests {
         }
     }
 
+    /// On the database the tests run on: a login whose user is gone writes
+    /// nothing and keeps the failed attempts; one whose user exists clears
+    /// them and starts its login and its chain.
     #[tokio::test]
     async fn a_password_login_starts_all_or_nothing() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -593,8 +601,8 @@ mod tests {
     }
 
     /// A login's refresh tokens go with it: when the login is deleted, and
-    /// when its user is (on PostgreSQL by a trigger, on SQLite by the
-    /// foreign key's cascade).
+    /// when its user or its client is (on PostgreSQL by a trigger, on SQLite
+    /// by the foreign key's cascade).
     #[tokio::test]
     async fn a_deleted_login_takes_its_refresh_tokens() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -620,13 +628,23 @@ mod tests {
             .execute(db.pool())
             .await?;
         assert_eq!(count(&db, "refresh_token").await?, 4);
-        for gone in ["a1", "a2"] {
-            assert!(
-                find_refresh_token(db.pool(), &TokenDigest::of(gone))
-                    .await?
-                    .is_none()
-            );
-        }
+        assert_gone(&db, &["a1", "a2"]).await?;
+
+        sqlx::query(
+            "insert into client (id, name, grant_types, scopes, created_at, redirect_uris, \
+             post_logout_redirect_uris) values ('d', 'd', 'password', 'read', 0, '', '')",
+        )
+        .execute(db.pool())
+        .await?;
+        sqlx::query("update login_session set client_id = 'd' where id = 's2'")
+            .execute(db.pool())
+            .await?;
+        sqlx::query("delete from client where id = 'd'")
+            .execute(db.pool())
+            .await?;
+        assert_eq!(count(&db, "login_session").await?, 1);
+        assert_eq!(count(&db, "refresh_token").await?, 2);
+        assert_gone(&db, &["b1", "b2"]).await?;
 
         sqlx::query("delete from user_account where id = 'u'")
             .execute(db.pool())
