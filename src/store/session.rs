@@ -514,8 +514,11 @@ mod tests {
         Ok(sqlx::query_scalar(&sql).fetch_one(db.pool()).await?)
     }
 
-    /// Client `c` and user `u`.
-    async fn client_and_user(db: &Db) -> anyhow::Result<()> {
+    /// A migrated test database (in `dir` on SQLite) with client `c` and
+    /// user `u`.
+    async fn with_client_and_user(dir: &std::path::Path) -> anyhow::Result<Db> {
+        let db = Db::connect(&crate::store::test_database(dir).await?).await?;
+        db.migrate().await?;
         sqlx::query(
             "insert into client (id, name, grant_types, scopes, created_at, redirect_uris, \
              post_logout_redirect_uris) values ('c', 'c', 'password', 'read', 0, '', '')",
@@ -528,7 +531,7 @@ mod tests {
         )
         .execute(db.pool())
         .await?;
-        Ok(())
+        Ok(db)
     }
 
     async fn assert_gone(db: &Db, tokens: &[&str]) -> anyhow::Result<()> {
@@ -557,9 +560,7 @@ mod tests {
     #[tokio::test]
     async fn a_password_login_starts_all_or_nothing() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db = Db::connect(&crate::store::test_database(dir.path()).await?).await?;
-        db.migrate().await?;
-        client_and_user(&db).await?;
+        let db = with_client_and_user(dir.path()).await?;
         let attempt = TokenDigest::of("a@example.com");
         let mut conn = db.pool().acquire().await?;
         crate::store::login_attempt::begin_login_attempt(&mut conn, &attempt, 100, 5).await?;
@@ -606,9 +607,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_login_takes_its_refresh_tokens() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db = Db::connect(&crate::store::test_database(dir.path()).await?).await?;
-        db.migrate().await?;
-        client_and_user(&db).await?;
+        let db = with_client_and_user(dir.path()).await?;
         for (sid, tokens) in [("s1", ["a1", "a2"]), ("s2", ["b1", "b2"]), ("s3", ["c1", "c2"])] {
             let first = FirstRefresh {
                 digest: TokenDigest::of(tokens[0]),
