@@ -484,7 +484,8 @@ impl OAuth2Api {
             refresh_token: grant.refresh_token.map(|t| t.expose().to_owned()),
             id_token: grant.id_token,
         };
-        let body = serde_json::to_vec(&body).map_err(|e| Error::from(anyhow::Error::from(e)))?;
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| Error::from(anyhow::Error::new(e).context("serialising the token answer")))?;
         Ok(TokenResponse::Ok(
             RawJson::new(body.into()),
             no_store(),
@@ -614,6 +615,23 @@ mod tests {
     fn basic_credentials_are_form_decoded() {
         assert_eq!(form_decode("a%2Bb+c").as_deref(), Some("a+b c"));
         assert_eq!(form_decode("%FF"), None);
+    }
+
+    /// The token answer is written by serde and documented by poem-openapi:
+    /// both must give the same JSON, with and without the optional tokens.
+    #[test]
+    fn the_token_answer_is_what_its_schema_says() {
+        use poem_openapi::types::{Example, ToJSON};
+        let full = TokenBody::example();
+        let bare = TokenBody {
+            refresh_token: None,
+            id_token: None,
+            ..TokenBody::example()
+        };
+        for body in [full, bare] {
+            let written: serde_json::Value = serde_json::to_value(&body).expect("serialisable");
+            assert_eq!(Some(written), body.to_json());
+        }
     }
 }
 
