@@ -459,8 +459,8 @@ pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx
 /// pages). Under sustained refresh load the WAL file grew to 18-25 MB.
 /// `cache_size` stays SQLite's default, 2 MB (about 1,770 pages of 1 KiB).
 /// Measured under refresh load, server CPU per refresh, two pairs each:
-/// 256 KB cost about a quarter more (the rotation writer read its pages
-/// back from the WAL), 8 MB saved nothing. Each commit that followed an
+/// 256 KB cost about a quarter more (the rotation writer's pages no longer
+/// fit and were fetched again), 8 MB saved nothing. Each commit that followed an
 /// index page split walks the writer's whole cache: SQLite parks a page at
 /// the lock page's number (1,048,577 with 1 KiB pages) while it reorders
 /// the split, and the commit's truncation to the file's size then visits
