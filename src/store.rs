@@ -460,11 +460,11 @@ pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx
 /// `cache_size` stays SQLite's default, 2 MB (about 1,770 pages of 1 KiB).
 /// Measured under refresh load, server CPU per refresh, two pairs each:
 /// 256 KB cost about a quarter more (the rotation writer's pages no longer
-/// fit and were fetched again), 8 MB saved nothing. Each commit that followed an
-/// index page split walks the writer's whole cache: SQLite parks a page at
-/// the lock page's number (1,048,577 with 1 KiB pages) while it reorders
-/// the split, and the commit's truncation to the file's size then visits
-/// every cached page. That walk was about 1 % of the CPU.
+/// fit and were fetched again), 8 MB saved nothing. Each commit that
+/// followed an index page split walks the writer's whole cache: SQLite
+/// parks a page at the lock page's number (1,048,577 with 1 KiB pages)
+/// while it reorders the split, and the commit's truncation to the file's
+/// size then visits every cached page. That walk was about 1 % of the CPU.
 const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal; \
      pragma busy_timeout = 10000; pragma foreign_keys = on; pragma synchronous = normal; \
      pragma mmap_size = 268435456; \
