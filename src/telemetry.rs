@@ -22,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+mod json;
+
 /// How long a line may wait in the buffer.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// A buffer this large is written out at once, by whoever filled it.
@@ -70,7 +72,10 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_writer(batch.clone());
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(json::JsonFieldList)
+            .event_format(json::JsonLines)
+            .try_init(),
     };
     if installed.is_err() {
         return LogGuard { writer: None };
