@@ -72,7 +72,9 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_writer(batch.clone());
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
+        // As `.json()` did: no colour codes, whatever the terminal.
         LogFormat::Json => builder
+            .with_ansi(false)
             .fmt_fields(json::JsonFieldList)
             .event_format(json::JsonLines)
             .try_init(),

@@ -159,18 +159,20 @@ impl<'a, W: fmt::Write + ?Sized> Fields<'a, W> {
         }
     }
 
+    /// Writes one field unless an earlier one failed.
     fn entry(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
+        if self.result.is_ok() {
+            self.result = self.write_entry(field, value);
         }
-        self.result = (|| {
-            if !std::mem::take(&mut self.first) {
-                self.out.write_char(',')?;
-            }
-            string(self.out, field.name())?;
-            self.out.write_char(':')?;
-            value(self.out)
-        })();
+    }
+
+    fn write_entry(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) -> fmt::Result {
+        if !std::mem::take(&mut self.first) {
+            self.out.write_char(',')?;
+        }
+        string(self.out, field.name())?;
+        self.out.write_char(':')?;
+        value(self.out)
     }
 }
 
