@@ -55,7 +55,7 @@ pub struct Db {
     ping_options: Option<AnyConnectOptions>,
     /// Connections for the hot paths, see [`Db::lane`].
     lanes: Arc<Lanes>,
-    /// SQLite only: refresh rotations, written in batches.
+    /// SQLite on a file: refresh rotations, written in batches.
     rotations: Option<rotation::RotationQueue>,
     /// SQLite on a file: the hottest reads, on the calling thread.
     reader: Option<Arc<reader::Reader>>,
@@ -247,12 +247,16 @@ impl Db {
         };
         let lanes = Arc::new(lanes);
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let rotations = write_lock
-            .as_ref()
-            .map(|lock| rotation::RotationQueue::start(lanes.clone(), lock.clone()));
         let reader = match backend {
             Backend::Sqlite => reader::Reader::new(&url)?.map(Arc::new),
             Backend::Postgres => None,
+        };
+        let rotations = match (&reader, &write_lock) {
+            (Some(reader), Some(lock)) => Some(rotation::RotationQueue::start(
+                reader.path().to_path_buf(),
+                lock.clone(),
+            )),
+            _ => None,
         };
         if let (Some(reader), Some(lock)) = (&reader, &write_lock) {
             checkpoint::start(reader, lock);
@@ -430,6 +434,9 @@ impl Db {
         if let Some(reader) = &self.reader {
             reader.close();
         }
+        if let Some(rotations) = &self.rotations {
+            rotations.close();
+        }
         self.pool.close().await;
         // No lane is handed out any more (`PoolClosed`, answered 503).
         self.lanes.permits.close();
@@ -465,7 +472,7 @@ pub type LaneQuery<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, sqlx
 /// parks a page at the lock page's number (1,048,577 with 1 KiB pages)
 /// while it reorders the split, and the commit's truncation to the file's
 /// size then visits every cached page. That walk was about 1 % of the CPU.
-const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal; \
+pub(super) const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal; \
      pragma busy_timeout = 10000; pragma foreign_keys = on; pragma synchronous = normal; \
      pragma mmap_size = 268435456; \
      pragma wal_autocheckpoint = 0;";

@@ -11,7 +11,6 @@ use super::login::{LoginRefusal, LoginSuccess, verify_login};
 use crate::app::AppState;
 use crate::domain::{GrantType, Scope};
 use crate::error::{Error, OAuthCode};
-use crate::store::Backend;
 use crate::store::browser::{CodeRow, consume_code, find_code, find_live_browser_session, record_code_issue};
 use crate::store::client::Client;
 use crate::store::revocation::insert_revoked_access_token;
@@ -241,10 +240,11 @@ async fn refresh_grant(
     }
     let digest = TokenDigest::of(presented);
     let next = OpaqueToken::generate(TokenKind::RefreshToken);
-    // PostgreSQL, no scope to narrow: rotate and read in one statement. A
-    // token it did not rotate is read below to learn why (reuse, another
-    // client's, ended), and nothing is rotated twice.
-    if requested.is_none() && state.db.backend() == Backend::Postgres {
+    // No scope to narrow: rotate and read in one step (one statement on
+    // PostgreSQL, one transaction of the writer task on SQLite). A token
+    // it did not rotate is read below to learn why (reuse, another client's,
+    // ended), and nothing is rotated twice.
+    if requested.is_none() {
         let rotation = LiveRotation {
             used: digest.clone(),
             next: next.digest(),

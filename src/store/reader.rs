@@ -134,7 +134,7 @@ pub(super) fn open_existing(path: &std::path::Path) -> rusqlite::Result<Connecti
     )
 }
 
-fn is_locked(e: &rusqlite::Error) -> bool {
+pub(super) fn is_locked(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
     matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
 }

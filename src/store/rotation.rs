@@ -1,13 +1,23 @@
 //! Refresh rotations of concurrent requests, written together.
 //!
-//! SQLite has one writer, and every statement is a trip to its connection's
-//! worker thread; with the cores busy signing tokens, waiting for that
-//! thread is most of a rotation's cost. So on SQLite rotations queue here and
-//! one task writes whatever has queued in a single statement (at most
-//! [`MAX_BATCH`]) under the process's write lock. On PostgreSQL a refresh
-//! rotates and reads in one statement, batched by `store::batch` (see
-//! `session::rotate_live_refresh_token`); the statement here serves only the
-//! refreshes there that narrow their scope, each request writing its own.
+//! SQLite has one writer. On a database file, rotations queue here and a
+//! task of their own writes whatever has queued (at most [`MAX_BATCH`]) in
+//! one transaction under the process's write lock, through rusqlite on a
+//! connection it keeps: sqlx would take each statement to its connection's
+//! worker thread and back, two hand-offs that a request waits for. On
+//! PostgreSQL a refresh rotates and reads in one statement, batched by
+//! `store::batch` (see `session::rotate_live_refresh_token`); the statement
+//! here serves only the refreshes there that narrow their scope, each
+//! request writing its own (as on an in-memory SQLite database, which no
+//! second connection can see).
+//!
+//! A refresh that keeps its scope is decided by the writer ([`LiveRotation`]):
+//! its statement checks what the grant would check on the row (live, the
+//! client's, its user active), and the same transaction reads the grants it
+//! rotated, from pages its connection has cached. Before, each request read
+//! its grant on a connection of its own, whose cache the writer's last
+//! commit had emptied: about 40 µs of CPU per refresh to fetch every page
+//! again.
 //!
 //! Each rotation is all or nothing, and exactly one of several rotations of
 //! one token wins: a token queued twice is refused the second time, a used
@@ -15,18 +25,22 @@
 //! lock of a racing rotation), and a partial unique index on `parent` allows
 //! one successor per token.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use rusqlite::{Connection, TransactionBehavior};
 use sqlx::Row;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::session::{GRANT_SELECT, LiveRotation, RefreshGrantRow};
 use super::{Backend, Lanes};
 use crate::tokens::TokenDigest;
 
-/// Rotations written by one statement, at most (four parameters each).
+/// Rotations written by one transaction, at most.
 const MAX_BATCH: usize = 64;
 
 /// PostgreSQL: how long a rotation's statement may run before its caller is
@@ -44,74 +58,387 @@ pub struct Rotation {
     pub expires_at: i64,
 }
 
-/// `Ok(true)`: rotated; `Ok(false)`: `used` was used already, or its chain
-/// ended. `Err(true)`: the database is out of reach; `Err(false)`: the batch
-/// failed otherwise, and the caller writes its rotation alone to learn why.
-type Answer = Result<bool, bool>;
+/// A rotation waiting for the writer task, with where its answer goes.
+enum Queued {
+    /// One its caller read and checked first: answered whether it rotated.
+    Checked(Rotation, oneshot::Sender<anyhow::Result<bool>>),
+    /// One the writer checks: answered with the grant it continues.
+    Live(
+        LiveRotation,
+        oneshot::Sender<anyhow::Result<Option<RefreshGrantRow>>>,
+    ),
+}
+
+impl Queued {
+    fn used(&self) -> &TokenDigest {
+        match self {
+            Queued::Checked(r, _) => &r.used,
+            Queued::Live(r, _) => &r.used,
+        }
+    }
+
+    /// Its caller gave up (its request timed out or was dropped).
+    fn abandoned(&self) -> bool {
+        match self {
+            Queued::Checked(_, answer) => answer.is_closed(),
+            Queued::Live(_, answer) => answer.is_closed(),
+        }
+    }
+
+    /// Answers "not rotated": another rotation of its token won.
+    fn lost(self) {
+        match self {
+            Queued::Checked(_, answer) => drop(answer.send(Ok(false))),
+            Queued::Live(_, answer) => drop(answer.send(Ok(None))),
+        }
+    }
+
+    /// Answers with a failure.
+    fn fail(self, e: anyhow::Error) {
+        match self {
+            Queued::Checked(_, answer) => drop(answer.send(Err(e))),
+            Queued::Live(_, answer) => drop(answer.send(Err(e))),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct RotationQueue {
-    sender: mpsc::UnboundedSender<(Rotation, oneshot::Sender<Answer>)>,
+    sender: mpsc::UnboundedSender<Queued>,
+    closed: Arc<AtomicBool>,
 }
 
 impl RotationQueue {
-    /// Starts the writer task; it ends when the last queue handle is dropped.
-    pub(super) fn start(lanes: Arc<Lanes>, write_lock: Arc<Mutex<()>>) -> RotationQueue {
+    /// Starts the writer task for the database file `path`; it ends when the
+    /// last handle of the queue is dropped.
+    pub(super) fn start(path: PathBuf, write_lock: Arc<Mutex<()>>) -> RotationQueue {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(receiver, lanes, write_lock));
-        RotationQueue { sender }
+        let closed = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            path,
+            conn: None,
+            write_lock,
+            closed: closed.clone(),
+        };
+        tokio::spawn(writer.run(receiver));
+        RotationQueue { sender, closed }
     }
 
-    /// Queues one rotation at once; the receiver gets its batch's answer
-    /// (`None`: the writer task is gone).
-    fn queue(&self, rotation: &Rotation) -> Option<oneshot::Receiver<Answer>> {
+    /// No rotation is written any more (answered 503); the writer closes its
+    /// connection.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Queues `rotation` at once; the answer comes when its batch is written.
+    fn queue(&self, rotation: &Rotation) -> impl Future<Output = anyhow::Result<bool>> + Send + use<> {
         let (answer, answered) = oneshot::channel();
         let queued = Rotation {
             used: rotation.used.clone(),
             next: rotation.next.clone(),
             ..*rotation
         };
-        self.sender.send((queued, answer)).ok().map(|()| answered)
+        let sent = self.sender.send(Queued::Checked(queued, answer)).is_ok();
+        async move {
+            answered
+                .await
+                .ok()
+                .filter(|_| sent)
+                .unwrap_or_else(|| Err(writer_gone()))
+        }
+    }
+
+    /// As [`RotationQueue::queue`], for a rotation the writer checks.
+    fn queue_live(
+        &self,
+        rotation: LiveRotation,
+    ) -> impl Future<Output = anyhow::Result<Option<RefreshGrantRow>>> + Send + use<> {
+        let (answer, answered) = oneshot::channel();
+        let sent = self.sender.send(Queued::Live(rotation, answer)).is_ok();
+        async move {
+            answered
+                .await
+                .ok()
+                .filter(|_| sent)
+                .unwrap_or_else(|| Err(writer_gone()))
+        }
     }
 }
 
-async fn write_batches(
-    mut receiver: mpsc::UnboundedReceiver<(Rotation, oneshot::Sender<Answer>)>,
-    lanes: Arc<Lanes>,
+/// The writer task stopped (the database is shutting down): answered 503.
+fn writer_gone() -> anyhow::Error {
+    anyhow::Error::new(sqlx::Error::PoolClosed).context("the refresh rotation writer stopped")
+}
+
+/// The writer task's state: its connection, opened when first needed and
+/// again after it could not be.
+struct Writer {
+    path: PathBuf,
+    conn: Option<Connection>,
     write_lock: Arc<Mutex<()>>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let _writer = write_lock.lock().await;
-        // A caller that gave up (its request timed out or was dropped) would
-        // never see its new token, and its retry would end the chain: skip it.
-        batch.retain(|(_, answer)| !answer.is_closed());
-        let mut seen = HashSet::with_capacity(batch.len());
-        let (first, again): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .partition(|(r, _)| seen.insert(r.used.as_bytes().to_vec()));
-        let rotations: Vec<&Rotation> = first.iter().map(|(r, _)| r).collect();
-        match write(&lanes, Backend::Sqlite, &rotations).await {
-            Ok(rotated) => {
-                for (rotation, answer) in first {
-                    let _ = answer.send(Ok(rotated.contains(rotation.used.as_bytes())));
+    closed: Arc<AtomicBool>,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Queued>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let lock = self.write_lock.clone();
+            let _writer = lock.lock().await;
+            if self.closed.load(Ordering::Acquire) {
+                self.conn = None;
+                for queued in batch.drain(..) {
+                    queued.fail(writer_gone());
                 }
+                continue;
             }
-            Err(e) => {
-                let unavailable = crate::error::database_unavailable(&e);
-                tracing::warn!("writing {} refresh rotations together failed: {e:#}", first.len());
-                for (_, answer) in first {
-                    let _ = answer.send(Err(unavailable));
-                }
+            // A caller that gave up would never see its new token, and its
+            // retry would end the chain: skip it.
+            batch.retain(|queued| !queued.abandoned());
+            let mut seen = HashSet::with_capacity(batch.len());
+            let (first, again): (Vec<_>, Vec<_>) = batch
+                .drain(..)
+                .partition(|q| seen.insert(q.used().as_bytes().to_vec()));
+            self.write(first).await;
+            // The same token twice in one batch: only its first rotation
+            // could win. Answered after it, so the loser's reuse handling
+            // (which ends the chain) cannot overtake the winner's write.
+            for queued in again {
+                queued.lost();
             }
-        }
-        // The same token twice in one batch: only its first rotation could
-        // win. Answered after it, so the loser's reuse handling (which ends
-        // the chain) cannot overtake the winner's write.
-        for (_, answer) in again {
-            let _ = answer.send(Ok(false));
         }
     }
+
+    /// Writes `batch` (distinct `used` digests) in one transaction and
+    /// answers each; if that failed for another reason than an unreachable
+    /// database, writes each alone, so each gets its own answer or error.
+    async fn write(&mut self, batch: Vec<Queued>) {
+        if batch.is_empty() {
+            return;
+        }
+        let path = self.path.clone();
+        let conn = match connection(&mut self.conn, &path) {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = format!("{e:#}");
+                for queued in batch {
+                    queued.fail(anyhow::Error::new(sqlx::Error::PoolTimedOut).context(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut written = match write_waiting(conn, &batch).await {
+            Ok(written) => written,
+            Err(e) if super::reader::is_unavailable(&e) => {
+                tracing::warn!("writing {} refresh rotations failed: {e}", batch.len());
+                for queued in batch {
+                    queued.fail(unavailable(&e));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("writing {} refresh rotations together failed: {e}", batch.len());
+                for queued in batch {
+                    match write_waiting(conn, std::slice::from_ref(&queued)).await {
+                        Ok(mut written) => written.answer(queued),
+                        Err(e) => queued.fail(anyhow::Error::new(e).context("rotate refresh token")),
+                    }
+                }
+                return;
+            }
+        };
+        for queued in batch {
+            written.answer(queued);
+        }
+    }
+}
+
+/// The writer's connection, opened if it is not yet.
+fn connection<'c>(
+    conn: &'c mut Option<Connection>,
+    path: &std::path::Path,
+) -> anyhow::Result<&'c mut Connection> {
+    if conn.is_none() {
+        let opened = super::reader::open_existing(path)
+            .and_then(|c| {
+                c.execute_batch(super::SQLITE_PRAGMAS)?;
+                c.busy_timeout(BUSY_WAIT)?;
+                Ok(c)
+            })
+            .context("opening the SQLite database for refresh rotations")?;
+        *conn = Some(opened);
+    }
+    conn.as_mut().context("no connection")
+}
+
+/// The writer runs its transactions on an async worker, as signing does
+/// (a batch takes a few hundred microseconds): a lock held by another
+/// process (a CLI command) is waited for [`BUSY_WAIT`] at a time there, and
+/// between tries the worker is free, up to [`LOCKED_FOR`] in all, as long
+/// as the other connections' `busy_timeout`. On a thread of its own, whose
+/// every wake-up waited for a core, the cores idled 6-8 % of the time.
+const BUSY_WAIT: Duration = Duration::from_millis(20);
+const LOCKED_FOR: Duration = Duration::from_secs(10);
+
+async fn write_waiting(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
+    let started = std::time::Instant::now();
+    loop {
+        match write_batch(conn, batch) {
+            Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The same failure again, for each rotation of a batch that met it.
+fn unavailable(e: &rusqlite::Error) -> anyhow::Error {
+    let again = match e.sqlite_error() {
+        Some(code) => rusqlite::Error::SqliteFailure(*code, Some(e.to_string())),
+        None => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some(e.to_string()),
+        ),
+    };
+    anyhow::Error::new(again).context("rotate refresh tokens")
+}
+
+/// What one transaction rotated: the `used` digests of checked rotations,
+/// and the grants live ones continue, by `used`.
+struct Written {
+    consumed: HashSet<Vec<u8>>,
+    grants: HashMap<Vec<u8>, RefreshGrantRow>,
+}
+
+impl Written {
+    fn answer(&mut self, queued: Queued) {
+        match queued {
+            Queued::Checked(r, answer) => drop(answer.send(Ok(self.consumed.contains(r.used.as_bytes())))),
+            Queued::Live(r, answer) => drop(answer.send(Ok(self.grants.remove(r.used.as_bytes())))),
+        }
+    }
+}
+
+/// The rotations in `batch`, in one transaction: a statement for those
+/// checked by their callers, one for those the writer checks, and the read
+/// of the grants those continue.
+fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
+    const NOTHING: [u8; 32] = [0; 32];
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let checked: Vec<&Rotation> = batch
+        .iter()
+        .filter_map(|q| match q {
+            Queued::Checked(r, _) => Some(r),
+            Queued::Live(..) => None,
+        })
+        .collect();
+    let live: Vec<&LiveRotation> = batch
+        .iter()
+        .filter_map(|q| match q {
+            Queued::Live(r, _) => Some(r),
+            Queued::Checked(..) => None,
+        })
+        .collect();
+    let mut written = Written {
+        consumed: HashSet::new(),
+        grants: HashMap::new(),
+    };
+    if !checked.is_empty() {
+        let size = checked.len().next_power_of_two();
+        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(4 * size);
+        for r in &checked {
+            values.extend([
+                r.used.as_bytes().to_vec().into(),
+                r.next.as_bytes().to_vec().into(),
+                r.now.into(),
+                r.expires_at.into(),
+            ]);
+        }
+        for _ in checked.len()..size {
+            values.extend([
+                NOTHING.to_vec().into(),
+                NOTHING.to_vec().into(),
+                0.into(),
+                0.into(),
+            ]);
+        }
+        let mut statement = tx.prepare_cached(&batch_sql(Backend::Sqlite, size))?;
+        let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+        while let Some(row) = rows.next()? {
+            written.consumed.insert(row.get(0)?);
+        }
+    }
+    if !live.is_empty() {
+        let size = live.len().next_power_of_two();
+        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(5 * size);
+        for r in &live {
+            values.extend([
+                r.used.as_bytes().to_vec().into(),
+                r.next.as_bytes().to_vec().into(),
+                r.client_id.clone().into(),
+                r.now.into(),
+                r.ttl.into(),
+            ]);
+        }
+        for _ in live.len()..size {
+            values.extend([
+                NOTHING.to_vec().into(),
+                NOTHING.to_vec().into(),
+                String::new().into(),
+                0.into(),
+                0.into(),
+            ]);
+        }
+        let mut consumed: Vec<Vec<u8>> = Vec::with_capacity(live.len());
+        let mut statement = tx.prepare_cached(&live_sql(size))?;
+        let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+        while let Some(row) = rows.next()? {
+            consumed.push(row.get(0)?);
+        }
+        drop(rows);
+        if !consumed.is_empty() {
+            let size = consumed.len().next_power_of_two();
+            let params: Vec<String> = (1..=size).map(|i| format!("${i}")).collect();
+            let sql = format!("{} where r.digest in ({})", *GRANT_SELECT, params.join(", "));
+            consumed.resize(size, NOTHING.to_vec());
+            let mut statement = tx.prepare_cached(&sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(consumed))?;
+            while let Some(row) = rows.next()? {
+                written
+                    .grants
+                    .insert(row.get("digest")?, RefreshGrantRow::from_sqlite(row)?);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(written)
+}
+
+/// SQLite: the statement for `size` rotations the writer checks, with the
+/// checks of `RefreshRow::is_live`, the client binding and
+/// `UserRow::is_active`; the new token lives `ttl` seconds, never past its
+/// login. Returns the digests it consumed.
+fn live_sql(size: usize) -> String {
+    let rows: Vec<String> = (0..size)
+        .map(|i| {
+            let p = 5 * i;
+            format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+        })
+        .collect();
+    // The `refresh_token_rotated` trigger consumes each parent.
+    format!(
+        "with v (used, next, client_id, now, ttl) as (values {}) \
+         insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
+         select v.next, r.session_id, v.now, min(v.now + v.ttl, s.expires_at), r.digest from v \
+         join refresh_token r on r.digest = v.used \
+         join login_session s on s.id = r.session_id \
+         join user_account u on u.id = s.user_id \
+         where r.used_at is null and r.expires_at > v.now and s.client_id = v.client_id \
+         and s.revoked_at is null and s.expires_at > v.now and u.disabled_at is null \
+         returning parent",
+        rows.join(", ")
+    )
 }
 
 /// The statement for `size` rotations.
@@ -157,9 +484,10 @@ fn batch_sql(backend: Backend, size: usize) -> String {
     }
 }
 
-/// Writes `rotations` (distinct `used` digests) in one statement; returns
-/// the digests it consumed. Batches are padded to a power of two with rows
-/// that match nothing, so only a handful of statement texts are prepared.
+/// Writes `rotations` (distinct `used` digests) in one statement on a lane;
+/// returns the digests it consumed (PostgreSQL, and SQLite in memory).
+/// Batches are padded to a power of two with rows that match nothing, so
+/// only a handful of statement texts are prepared.
 async fn write(lanes: &Lanes, backend: Backend, rotations: &[&Rotation]) -> anyhow::Result<HashSet<Vec<u8>>> {
     const NOTHING: [u8; 32] = [0; 32];
     let size = rotations.len().next_power_of_two();
@@ -196,36 +524,34 @@ async fn write(lanes: &Lanes, backend: Backend, rotations: &[&Rotation]) -> anyh
 }
 
 impl super::Db {
-    /// SQLite: queues `rotation` for the next batch at once, before the
-    /// returned future is first polled, so the caller can do other work (sign
-    /// the new tokens) while the writer thread writes it; if that batch failed
-    /// for another reason than an unreachable database, writes it alone, so
-    /// the caller gets its own answer or error. PostgreSQL: writes it when
-    /// awaited.
+    /// SQLite on a file: queues `rotation` for the writer task at once,
+    /// before the returned future is first polled, so the caller can do
+    /// other work (sign the new tokens) while it is written. Otherwise
+    /// (PostgreSQL, a refresh that narrows its scope; SQLite in memory) the
+    /// request writes its own when awaited, side by side with the others.
     pub fn rotate(&self, rotation: Rotation) -> impl Future<Output = anyhow::Result<bool>> + Send + '_ {
         let queued = self.rotations.as_ref().map(|queue| queue.queue(&rotation));
         async move {
-            let answer = match queued {
-                // PostgreSQL (a refresh that narrows its scope): the request
-                // writes its own, side by side with the others.
-                None => {
-                    let consumed = write(&self.lanes, self.backend, &[&rotation]).await?;
-                    return Ok(consumed.contains(rotation.used.as_bytes()));
-                }
-                Some(None) => Err(false),
-                Some(Some(answered)) => answered.await.unwrap_or(Err(false)),
-            };
-            match answer {
-                Ok(rotated) => Ok(rotated),
-                Err(true) => {
-                    Err(anyhow::Error::new(sqlx::Error::PoolTimedOut).context("rotate refresh token"))
-                }
-                Err(false) => {
-                    let _writer = self.writer().await;
-                    let consumed = write(&self.lanes, self.backend, &[&rotation]).await?;
-                    Ok(consumed.contains(rotation.used.as_bytes()))
-                }
+            if let Some(answered) = queued {
+                return answered.await;
             }
+            let _writer = self.writer().await;
+            let consumed = write(&self.lanes, self.backend, &[&rotation]).await?;
+            Ok(consumed.contains(rotation.used.as_bytes()))
+        }
+    }
+
+    /// SQLite on a file: has the writer task rotate `rotation` if it is
+    /// live, bound to its client and its user active, and read the grant it
+    /// continues. `None` when nothing was rotated, and always on a database
+    /// without that task (the caller then reads and rotates itself).
+    pub(super) async fn rotate_live_sqlite(
+        &self,
+        rotation: LiveRotation,
+    ) -> anyhow::Result<Option<RefreshGrantRow>> {
+        match &self.rotations {
+            Some(queue) => queue.queue_live(rotation).await,
+            None => Ok(None),
         }
     }
 }

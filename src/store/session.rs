@@ -232,7 +232,7 @@ pub struct RefreshGrantRow {
 
 impl RefreshGrantRow {
     /// From a row read by [`crate::store::reader`], by column name.
-    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshGrantRow> {
+    pub(super) fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshGrantRow> {
         Ok(RefreshGrantRow {
             token: RefreshRow::from_sqlite(row)?,
             user: UserRow::from_sqlite(row)?,
@@ -259,20 +259,25 @@ impl RefreshRow {
     }
 }
 
+/// A refresh token (`r`), its login (`s`) and its user (`u`), as
+/// [`RefreshGrantRow`] reads them, with the token's digest; a `where` follows.
+pub(super) static GRANT_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "select r.digest, r.session_id, r.issued_at, r.expires_at, r.used_at, s.user_id, s.client_id, \
+         s.scope, s.auth_time, s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id, {} \
+         from refresh_token r join login_session s on s.id = r.session_id \
+         join user_account u on u.id = s.user_id",
+        crate::store::user::qualified_columns("u")
+    )
+});
+
 /// Reads what a refresh needs in one query, outside any write lock: the
 /// decision is made again, atomically, by [`rotate_refresh_token`]. On this
 /// thread on SQLite ([`Db::reader`]), else on a lane.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_refresh_grant(db: &Db, digest: &TokenDigest) -> anyhow::Result<Option<RefreshGrantRow>> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "select r.session_id, r.issued_at, r.expires_at, r.used_at, s.user_id, s.client_id, s.scope, \
-             s.auth_time, s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id, {} \
-             from refresh_token r join login_session s on s.id = r.session_id \
-             join user_account u on u.id = s.user_id where r.digest = $1",
-            crate::store::user::qualified_columns("u")
-        )
-    });
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{} where r.digest = $1", *GRANT_SELECT));
     db.hot_read(
         "select refresh grant",
         |c| {
@@ -298,7 +303,7 @@ pub async fn find_refresh_grant(db: &Db, digest: &TokenDigest) -> anyhow::Result
 /// `expires_at`) and consumes `used`, only while `used` is unconsumed and its
 /// chain not ended. True for exactly one caller, however many race; false
 /// means the token was used or its chain ended meanwhile. On SQLite
-/// concurrent rotations share one statement (`store::rotation`), and the
+/// concurrent rotations share one transaction (`store::rotation`), and the
 /// rotation is queued before the returned future is first polled; on
 /// PostgreSQL (a refresh that narrows its scope) it is written when awaited.
 pub fn rotate_refresh_token<'a>(
@@ -316,11 +321,12 @@ pub fn rotate_refresh_token<'a>(
     })
 }
 
-/// PostgreSQL: rotates a refresh token and reads what the refresh grant
-/// needs, in one statement: only if it is live, bound to the client and its
-/// user active (the checks the grant makes on [`find_refresh_grant`]'s row).
-/// `None` when nothing was rotated; the caller then reads the token to learn
-/// why.
+/// Rotates a refresh token and reads what the refresh grant needs, only if
+/// it is live, bound to the client and its user active (the checks the grant
+/// makes on [`find_refresh_grant`]'s row). `None` when nothing was rotated;
+/// the caller then reads the token to learn why. SQLite: the writer thread
+/// rotates and reads in one transaction (`store::rotation`); in memory it
+/// rotates nothing here. PostgreSQL: one statement.
 ///
 /// One statement instead of a read and a write halves the round trips and
 /// the server's work per refresh (2,589 → about 3,100 refreshes/s). The
@@ -336,6 +342,9 @@ pub async fn rotate_live_refresh_token(
     db: &Db,
     rotation: LiveRotation,
 ) -> anyhow::Result<Option<RefreshGrantRow>> {
+    if db.backend() == Backend::Sqlite {
+        return db.rotate_live_sqlite(rotation).await;
+    }
     let Some(batch) = db.live_rotations() else {
         return db.alone::<LiveRotations>(rotation).await;
     };
@@ -356,6 +365,7 @@ pub struct LiveRotations;
 
 /// One rotation for [`LiveRotations`]: `next` replaces `used` and lives
 /// `ttl` seconds, never past its login.
+#[derive(Clone)]
 pub struct LiveRotation {
     pub used: TokenDigest,
     pub next: TokenDigest,

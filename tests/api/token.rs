@@ -344,6 +344,32 @@ async fn refresh_tokens_are_bound_to_their_client() {
 }
 
 #[tokio::test]
+async fn a_disabled_users_refresh_token_is_refused_and_kept_unused() {
+    let app = TestApp::spawn().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let login = app.login(&client, "ada@example.com", None).await;
+    let rt = login["refresh_token"].as_str().unwrap();
+    // Only the account's flag, not its logins (which `users disable` also
+    // ends): the rotation itself must look at the user.
+    let db = test_db(&app).await;
+    let set_disabled = |at: Option<i64>| {
+        sqlx::query("update user_account set disabled_at = $1 where email_lower = $2")
+            .bind(at)
+            .bind("ada@example.com")
+            .execute(db.pool())
+    };
+    set_disabled(Some(gatehouse::now())).await.unwrap();
+
+    let (status, body) = json(app.refresh(&client, rt).await).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
+
+    set_disabled(None).await.unwrap();
+    let (status, body) = json(app.refresh(&client, rt).await).await;
+    assert_eq!(status, 200, "the refused attempt consumed nothing: {body}");
+}
+
+#[tokio::test]
 async fn refresh_tokens_end_at_the_idle_and_the_absolute_deadline() {
     let idle = TestApp::spawn_with(|c| c.refresh_token_ttl = "1".into()).await;
     let client = idle.web_client().await;
