@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use rusqlite::types::Value;
 use rusqlite::{Connection, TransactionBehavior};
 use sqlx::Row;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -324,7 +325,6 @@ impl Written {
 /// checked by their callers, one for those the writer checks, and the read
 /// of the grants those continue.
 fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
-    const NOTHING: [u8; 32] = [0; 32];
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let checked: Vec<&Rotation> = batch
         .iter()
@@ -345,24 +345,15 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
         grants: HashMap::new(),
     };
     if !checked.is_empty() {
-        let size = checked.len().next_power_of_two();
-        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(4 * size);
-        for r in &checked {
-            values.extend([
+        let rows = checked.iter().map(|r| {
+            [
                 r.used.as_bytes().to_vec().into(),
                 r.next.as_bytes().to_vec().into(),
                 r.now.into(),
                 r.expires_at.into(),
-            ]);
-        }
-        for _ in checked.len()..size {
-            values.extend([
-                NOTHING.to_vec().into(),
-                NOTHING.to_vec().into(),
-                0.into(),
-                0.into(),
-            ]);
-        }
+            ]
+        });
+        let (size, values) = padded(rows, || [nothing(), nothing(), 0.into(), 0.into()]);
         let mut statement = tx.prepare_cached(&batch_sql(Backend::Sqlite, size))?;
         let mut rows = statement.query(rusqlite::params_from_iter(values))?;
         while let Some(row) = rows.next()? {
@@ -370,26 +361,18 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
         }
     }
     if !live.is_empty() {
-        let size = live.len().next_power_of_two();
-        let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(5 * size);
-        for r in &live {
-            values.extend([
+        let rows = live.iter().map(|r| {
+            [
                 r.used.as_bytes().to_vec().into(),
                 r.next.as_bytes().to_vec().into(),
                 r.client_id.clone().into(),
                 r.now.into(),
                 r.ttl.into(),
-            ]);
-        }
-        for _ in live.len()..size {
-            values.extend([
-                NOTHING.to_vec().into(),
-                NOTHING.to_vec().into(),
-                String::new().into(),
-                0.into(),
-                0.into(),
-            ]);
-        }
+            ]
+        });
+        let (size, values) = padded(rows, || {
+            [nothing(), nothing(), String::new().into(), 0.into(), 0.into()]
+        });
         let mut consumed: Vec<Vec<u8>> = Vec::with_capacity(live.len());
         let mut statement = tx.prepare_cached(&live_sql(size))?;
         let mut rows = statement.query(rusqlite::params_from_iter(values))?;
@@ -398,12 +381,11 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
         }
         drop(rows);
         if !consumed.is_empty() {
-            let size = consumed.len().next_power_of_two();
+            let (size, values) = padded(consumed.into_iter().map(|d| [d.into()]), || [nothing()]);
             let params: Vec<String> = (1..=size).map(|i| format!("${i}")).collect();
             let sql = format!("{} where r.digest in ({})", *GRANT_SELECT, params.join(", "));
-            consumed.resize(size, NOTHING.to_vec());
             let mut statement = tx.prepare_cached(&sql)?;
-            let mut rows = statement.query(rusqlite::params_from_iter(consumed))?;
+            let mut rows = statement.query(rusqlite::params_from_iter(values))?;
             while let Some(row) = rows.next()? {
                 written
                     .grants
@@ -413,6 +395,25 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
     }
     tx.commit()?;
     Ok(written)
+}
+
+/// `rows` as one parameter list, padded with rows that match nothing to a
+/// power of two rows, so only a handful of statement texts are prepared;
+/// and that number of rows.
+fn padded<const N: usize>(
+    rows: impl ExactSizeIterator<Item = [Value; N]>,
+    nothing: impl Fn() -> [Value; N],
+) -> (usize, Vec<Value>) {
+    let (count, size) = (rows.len(), rows.len().next_power_of_two());
+    let mut values = Vec::with_capacity(N * size);
+    rows.for_each(|row| values.extend(row));
+    (count..size).for_each(|_| values.extend(nothing()));
+    (size, values)
+}
+
+/// A digest no token has.
+fn nothing() -> Value {
+    Value::Blob(vec![0; 32])
 }
 
 /// SQLite: the statement for `size` rotations the writer checks, with the
