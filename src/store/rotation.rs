@@ -139,14 +139,9 @@ impl RotationQueue {
             next: rotation.next.clone(),
             ..*rotation
         };
-        let sent = self.sender.send(Queued::Checked(queued, answer)).is_ok();
-        async move {
-            answered
-                .await
-                .ok()
-                .filter(|_| sent)
-                .unwrap_or_else(|| Err(writer_gone()))
-        }
+        // Not sent (the writer is gone): `answer` is dropped with it.
+        let _ = self.sender.send(Queued::Checked(queued, answer));
+        answer_of(answered)
     }
 
     /// As [`RotationQueue::queue`], for a rotation the writer checks.
@@ -155,15 +150,14 @@ impl RotationQueue {
         rotation: LiveRotation,
     ) -> impl Future<Output = anyhow::Result<Option<RefreshGrantRow>>> + Send + use<> {
         let (answer, answered) = oneshot::channel();
-        let sent = self.sender.send(Queued::Live(rotation, answer)).is_ok();
-        async move {
-            answered
-                .await
-                .ok()
-                .filter(|_| sent)
-                .unwrap_or_else(|| Err(writer_gone()))
-        }
+        let _ = self.sender.send(Queued::Live(rotation, answer));
+        answer_of(answered)
     }
+}
+
+/// The writer's answer; if it dropped the question (it stopped), 503.
+async fn answer_of<T>(answered: oneshot::Receiver<anyhow::Result<T>>) -> anyhow::Result<T> {
+    answered.await.unwrap_or_else(|_| Err(writer_gone()))
 }
 
 /// The writer task stopped (the database is shutting down): answered 503.
