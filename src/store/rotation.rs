@@ -125,8 +125,8 @@ impl RotationQueue {
         RotationQueue { sender, closed }
     }
 
-    /// No rotation is written any more (answered 503); the writer closes its
-    /// connection.
+    /// No rotation is written any more (answered 503); the writer drops its
+    /// connection at its next batch, or when the last handle goes.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
@@ -211,13 +211,12 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let path = self.path.clone();
-        let conn = match connection(&mut self.conn, &path) {
+        let conn = match connection(&mut self.conn, &self.path) {
             Ok(conn) => conn,
             Err(e) => {
-                let e = format!("{e:#}");
+                tracing::warn!("opening the SQLite database for refresh rotations failed: {e}");
                 for queued in batch {
-                    queued.fail(anyhow::Error::new(sqlx::Error::PoolTimedOut).context(e.clone()));
+                    queued.fail(again(&e).context("opening the SQLite database for refresh rotations"));
                 }
                 return;
             }
@@ -227,7 +226,7 @@ impl Writer {
             Err(e) if super::reader::is_unavailable(&e) => {
                 tracing::warn!("writing {} refresh rotations failed: {e}", batch.len());
                 for queued in batch {
-                    queued.fail(unavailable(&e));
+                    queued.fail(again(&e));
                 }
                 return;
             }
@@ -250,20 +249,22 @@ impl Writer {
 
 /// The writer's connection, opened if it is not yet.
 fn connection<'c>(
-    conn: &'c mut Option<Connection>,
+    slot: &'c mut Option<Connection>,
     path: &std::path::Path,
-) -> anyhow::Result<&'c mut Connection> {
-    if conn.is_none() {
-        let opened = super::reader::open_existing(path)
-            .and_then(|c| {
-                c.execute_batch(super::SQLITE_PRAGMAS)?;
-                c.busy_timeout(BUSY_WAIT)?;
-                Ok(c)
-            })
-            .context("opening the SQLite database for refresh rotations")?;
-        *conn = Some(opened);
+) -> rusqlite::Result<&'c mut Connection> {
+    match slot {
+        Some(conn) => Ok(conn),
+        empty => {
+            let conn = super::reader::open_existing(path)?;
+            conn.execute_batch(super::SQLITE_PRAGMAS)?;
+            conn.busy_timeout(BUSY_WAIT)?;
+            // One text per batch size (1 to MAX_BATCH, powers of two) for
+            // each of the three statements: more than rusqlite keeps by
+            // default (16), and a statement evicted is parsed again.
+            conn.set_prepared_statement_cache_capacity(32);
+            Ok(empty.insert(conn))
+        }
     }
-    conn.as_mut().context("no connection")
 }
 
 /// The writer runs its transactions on an async worker, as signing does
@@ -287,8 +288,9 @@ async fn write_waiting(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Res
     }
 }
 
-/// The same failure again, for each rotation of a batch that met it.
-fn unavailable(e: &rusqlite::Error) -> anyhow::Error {
+/// The same failure again, for each rotation of a batch that met it (so
+/// each is answered as `crate::error::database_unavailable` judges it).
+fn again(e: &rusqlite::Error) -> anyhow::Error {
     let again = match e.sqlite_error() {
         Some(code) => rusqlite::Error::SqliteFailure(*code, Some(e.to_string())),
         None => rusqlite::Error::SqliteFailure(
@@ -320,20 +322,13 @@ impl Written {
 /// of the grants those continue.
 fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let checked: Vec<&Rotation> = batch
-        .iter()
-        .filter_map(|q| match q {
-            Queued::Checked(r, _) => Some(r),
-            Queued::Live(..) => None,
-        })
-        .collect();
-    let live: Vec<&LiveRotation> = batch
-        .iter()
-        .filter_map(|q| match q {
-            Queued::Live(r, _) => Some(r),
-            Queued::Checked(..) => None,
-        })
-        .collect();
+    let (mut checked, mut live): (Vec<&Rotation>, Vec<&LiveRotation>) = (Vec::new(), Vec::new());
+    for queued in batch {
+        match queued {
+            Queued::Checked(r, _) => checked.push(r),
+            Queued::Live(r, _) => live.push(r),
+        }
+    }
     let mut written = Written {
         consumed: HashSet::new(),
         grants: HashMap::new(),
