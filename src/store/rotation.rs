@@ -256,7 +256,11 @@ fn connection<'c>(
         Some(conn) => Ok(conn),
         empty => {
             let conn = super::reader::open_existing(path)?;
+            // A batch's statement journal (to undo one statement of its
+            // transaction) is kept in memory: past 64 KiB SQLite moved it to
+            // a temporary file, created and deleted within the transaction.
             conn.execute_batch(super::SQLITE_PRAGMAS)?;
+            conn.execute_batch("pragma temp_store = memory;")?;
             conn.busy_timeout(BUSY_WAIT)?;
             // One text per batch size (1 to MAX_BATCH, powers of two) for
             // each of the three statements: more than rusqlite keeps by

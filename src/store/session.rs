@@ -611,6 +611,53 @@ mod tests {
         Ok(())
     }
 
+    /// A token gets one successor. Its rotation consumes it, and a second
+    /// rotation of it rotates nothing; on SQLite the database also refuses a
+    /// successor for a used token from any statement (a trigger, where a
+    /// unique index on `parent` was).
+    #[tokio::test]
+    async fn a_refresh_token_gets_one_successor() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = with_client_and_user(dir.path()).await?;
+        let first = FirstRefresh {
+            digest: TokenDigest::of("rt"),
+            expires_at: 500,
+        };
+        assert!(start_password_login(&db, &TokenDigest::of("a"), &session("s1", "u"), Some(first)).await?);
+        let rotation = |next: &str| LiveRotation {
+            used: TokenDigest::of("rt"),
+            next: TokenDigest::of(next),
+            client_id: "c".to_owned(),
+            now: 200,
+            ttl: 100,
+        };
+
+        let found = rotate_live_refresh_token(&db, rotation("rt2")).await?;
+        assert_eq!(found.map(|f| f.token.session_id), Some("s1".to_owned()));
+        assert!(rotate_live_refresh_token(&db, rotation("rt3")).await?.is_none());
+        let successors: i64 = sqlx::query_scalar("select count(*) from refresh_token where parent = $1")
+            .bind(TokenDigest::of("rt").as_bytes().to_vec())
+            .fetch_one(db.pool())
+            .await?;
+        assert_eq!(successors, 1);
+
+        if db.backend() == Backend::Sqlite {
+            let refused = sqlx::query(
+                "insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
+                 values ($1, 's1', 200, 500, $2)",
+            )
+            .bind(TokenDigest::of("rt4").as_bytes().to_vec())
+            .bind(TokenDigest::of("rt").as_bytes().to_vec())
+            .execute(db.pool())
+            .await;
+            let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("already replaced"), "{message}");
+            assert_gone(&db, &["rt3", "rt4"]).await?;
+        }
+        db.close().await;
+        Ok(())
+    }
+
     /// A login's refresh tokens go with it: when the login is deleted, and
     /// when its user or its client is (on PostgreSQL by a trigger, on SQLite
     /// by the foreign key's cascade).
