@@ -22,8 +22,10 @@
 //! Each rotation is all or nothing, and exactly one of several rotations of
 //! one token wins: a token queued twice is refused the second time, a used
 //! one is skipped by the statement (on PostgreSQL after waiting for the row
-//! lock of a racing rotation), and a partial unique index on `parent` allows
-//! one successor per token.
+//! lock of a racing rotation). On SQLite a trigger also refuses a successor
+//! for a token that is used or missing; on PostgreSQL nothing but these
+//! statements inserts a token with a `parent`, and each inserts only what its
+//! update consumed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -256,9 +258,10 @@ fn connection<'c>(
         Some(conn) => Ok(conn),
         empty => {
             let conn = super::reader::open_existing(path)?;
-            // A batch's statement journal (to undo one statement of its
-            // transaction) is kept in memory: past 64 KiB SQLite moved it to
-            // a temporary file, created and deleted within the transaction.
+            // Temporary data in memory: a batch's statement journal (to undo
+            // one statement of its transaction), which past 64 KiB went to a
+            // file created and deleted within the transaction, and the rows
+            // an insert with a trigger selects before inserting them.
             conn.execute_batch(super::SQLITE_PRAGMAS)?;
             conn.execute_batch("pragma temp_store = memory;")?;
             conn.busy_timeout(BUSY_WAIT)?;
@@ -465,7 +468,8 @@ fn batch_sql(backend: Backend, size: usize) -> String {
              returning parent"
         ),
         // The update takes each row's lock: a racing rotation waits, then
-        // finds the token used.
+        // finds the token used. Only rows it consumed get a successor: no
+        // index guards that on PostgreSQL (migration 0007).
         Backend::Postgres => format!(
             "with v (used, next, now, expires_at) as (values {rows}), \
              consumed as (update refresh_token r set used_at = v.now from v, login_session s \

@@ -381,6 +381,8 @@ impl Batch for LiveRotations {
     const TIMEOUT: std::time::Duration = crate::store::rotation::ROTATION_TIMEOUT;
     const WRITE: bool = true;
 
+    // Only rows `consumed` (under their row locks) get a successor: no index
+    // guards that on PostgreSQL (migration 0007).
     fn statement(len: usize) -> (&'static str, usize) {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
             batch::statements(|n| {
@@ -611,10 +613,11 @@ mod tests {
         Ok(())
     }
 
-    /// A token gets one successor. Its rotation consumes it, and a second
-    /// rotation of it rotates nothing; on SQLite the database also refuses a
-    /// successor for a used token from any statement (a trigger, where a
-    /// unique index on `parent` was).
+    /// A token gets one successor. Its rotation consumes it; a second
+    /// rotation of it rotates nothing, also one that raced a transaction
+    /// consuming it (it waits for the lock, then finds the token used). On
+    /// SQLite the database also refuses a successor for a used token from any
+    /// statement (a trigger, where a unique index on `parent` was).
     #[tokio::test]
     async fn a_refresh_token_gets_one_successor() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -624,35 +627,83 @@ mod tests {
             expires_at: 500,
         };
         assert!(start_password_login(&db, &TokenDigest::of("a"), &session("s1", "u"), Some(first)).await?);
-        let rotation = |next: &str| LiveRotation {
-            used: TokenDigest::of("rt"),
+        let rotation = |used: &str, next: &str| LiveRotation {
+            used: TokenDigest::of(used),
             next: TokenDigest::of(next),
             client_id: "c".to_owned(),
             now: 200,
             ttl: 100,
         };
+        let successors = |token: &str| {
+            sqlx::query_scalar::<_, i64>("select count(*) from refresh_token where parent = $1")
+                .bind(TokenDigest::of(token).as_bytes().to_vec())
+                .fetch_one(db.pool())
+        };
 
-        let found = rotate_live_refresh_token(&db, rotation("rt2")).await?;
+        let found = rotate_live_refresh_token(&db, rotation("rt", "rt2")).await?;
         assert_eq!(found.map(|f| f.token.session_id), Some("s1".to_owned()));
-        assert!(rotate_live_refresh_token(&db, rotation("rt3")).await?.is_none());
-        let successors: i64 = sqlx::query_scalar("select count(*) from refresh_token where parent = $1")
-            .bind(TokenDigest::of("rt").as_bytes().to_vec())
-            .fetch_one(db.pool())
+        assert!(
+            rotate_live_refresh_token(&db, rotation("rt", "rt3"))
+                .await?
+                .is_none()
+        );
+        assert_eq!(successors("rt").await?, 1);
+        assert!(
+            find_refresh_token(db.pool(), &TokenDigest::of("rt3"))
+                .await?
+                .is_none()
+        );
+
+        let mut consuming = db.pool().begin().await?;
+        sqlx::query("update refresh_token set used_at = 150 where digest = $1")
+            .bind(TokenDigest::of("rt2").as_bytes().to_vec())
+            .execute(&mut *consuming)
             .await?;
-        assert_eq!(successors, 1);
+        let hold = std::time::Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let (raced, committed) = tokio::join!(
+            async {
+                let raced = rotate_live_refresh_token(&db, rotation("rt2", "rt4")).await;
+                (raced, started.elapsed())
+            },
+            async {
+                tokio::time::sleep(hold).await;
+                consuming.commit().await
+            }
+        );
+        committed?;
+        let (raced, waited) = raced;
+        assert!(raced?.is_none());
+        assert!(
+            waited >= hold,
+            "the rotation did not wait for the lock: {waited:?}"
+        );
+        assert_eq!(successors("rt2").await?, 0);
+        assert!(
+            find_refresh_token(db.pool(), &TokenDigest::of("rt4"))
+                .await?
+                .is_none()
+        );
 
         if db.backend() == Backend::Sqlite {
-            let refused = sqlx::query(
-                "insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
-                 values ($1, 's1', 200, 500, $2)",
-            )
-            .bind(TokenDigest::of("rt4").as_bytes().to_vec())
-            .bind(TokenDigest::of("rt").as_bytes().to_vec())
-            .execute(db.pool())
-            .await;
-            let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(message.contains("already replaced"), "{message}");
-            assert_gone(&db, &["rt3", "rt4"]).await?;
+            // A used parent (rt), and one that does not exist.
+            for (next, parent) in [("rt5", "rt"), ("rt6", "none")] {
+                let refused = sqlx::query(
+                    "insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
+                     values ($1, 's1', 200, 500, $2)",
+                )
+                .bind(TokenDigest::of(next).as_bytes().to_vec())
+                .bind(TokenDigest::of(parent).as_bytes().to_vec())
+                .execute(db.pool())
+                .await;
+                let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(message.contains("used or missing"), "{parent}: {message}");
+                assert!(
+                    find_refresh_token(db.pool(), &TokenDigest::of(next))
+                        .await?
+                        .is_none()
+                );
+            }
         }
         db.close().await;
         Ok(())
