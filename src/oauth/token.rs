@@ -287,7 +287,7 @@ async fn refresh_grant(
         }
     };
     let expires = (now + state.settings.refresh_token_ttl).min(row.session_expires_at);
-    // Queued now (SQLite); the tokens are signed while the writer thread
+    // Queued now (SQLite); the tokens are signed while the writer task
     // writes it, and handed out only once it is written.
     let rotated = rotate_refresh_token(&state.db, &digest, &next.digest(), now, expires);
     let grant = issue_refreshed(state, client, &found, scope, now, next);

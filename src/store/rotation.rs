@@ -258,11 +258,11 @@ fn connection<'c>(
         Some(conn) => Ok(conn),
         empty => {
             let conn = super::reader::open_existing(path)?;
+            conn.execute_batch(super::SQLITE_PRAGMAS)?;
             // Temporary data in memory: a batch's statement journal (to undo
             // one statement of its transaction), which past 64 KiB went to a
             // file created and deleted within the transaction, and the rows
             // an insert with a trigger selects before inserting them.
-            conn.execute_batch(super::SQLITE_PRAGMAS)?;
             conn.execute_batch("pragma temp_store = memory;")?;
             conn.busy_timeout(BUSY_WAIT)?;
             // One text per batch size (1 to MAX_BATCH, powers of two) for

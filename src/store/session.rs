@@ -324,7 +324,7 @@ pub fn rotate_refresh_token<'a>(
 /// Rotates a refresh token and reads what the refresh grant needs, only if
 /// it is live, bound to the client and its user active (the checks the grant
 /// makes on [`find_refresh_grant`]'s row). `None` when nothing was rotated;
-/// the caller then reads the token to learn why. SQLite: the writer thread
+/// the caller then reads the token to learn why. SQLite: the writer task
 /// rotates and reads in one transaction (`store::rotation`); in memory it
 /// rotates nothing here. PostgreSQL: one statement.
 ///
@@ -348,13 +348,7 @@ pub async fn rotate_live_refresh_token(
     let Some(batch) = db.live_rotations() else {
         return db.alone::<LiveRotations>(rotation).await;
     };
-    let key = LiveRotation {
-        used: rotation.used.clone(),
-        next: rotation.next.clone(),
-        client_id: rotation.client_id.clone(),
-        ..rotation
-    };
-    match batch.ask(key).await {
+    match batch.ask(rotation.clone()).await {
         Some(found) => found,
         None => db.alone::<LiveRotations>(rotation).await,
     }
@@ -616,8 +610,9 @@ mod tests {
     /// A token gets one successor. Its rotation consumes it; a second
     /// rotation of it rotates nothing, also one that raced a transaction
     /// consuming it (it waits for the lock, then finds the token used). On
-    /// SQLite the database also refuses a successor for a used token from any
-    /// statement (a trigger, where a unique index on `parent` was).
+    /// SQLite the database also refuses, from any statement, a successor whose
+    /// parent is used or missing (a trigger, where a unique index on `parent`
+    /// was).
     #[tokio::test]
     async fn a_refresh_token_gets_one_successor() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
