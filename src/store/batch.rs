@@ -234,12 +234,20 @@ async fn run<R: Batch>(lane: &mut Lane<'_>, keys: &[R::Key]) -> anyhow::Result<V
 /// `sql` once: batches are padded to a power of two with keys that match
 /// nothing, so only these few texts are ever prepared.
 pub fn statements(sql: impl Fn(usize) -> String) -> Vec<String> {
-    (0..=MAX_BATCH.trailing_zeros()).map(|p| sql(1 << p)).collect()
+    statements_up_to(MAX_BATCH, sql)
+}
+
+/// As [`statements`], for batches of at most `max` keys (a power of two).
+pub fn statements_up_to(max: usize, sql: impl Fn(usize) -> String) -> Vec<String> {
+    (0..=max.trailing_zeros()).map(|p| sql(1 << p)).collect()
 }
 
 /// `statements[…]` for `len` keys, and how many rows it has.
 pub fn statement(statements: &[String], len: usize) -> (&str, usize) {
-    debug_assert!(len <= MAX_BATCH, "a batch of {len}");
+    debug_assert!(
+        !statements.is_empty() && len <= 1 << (statements.len() - 1),
+        "a batch of {len}"
+    );
     let size = len.next_power_of_two();
     let index = (size.trailing_zeros() as usize).min(statements.len().saturating_sub(1));
     (statements.get(index).map_or("", String::as_str), size)
@@ -291,5 +299,10 @@ mod tests {
         assert_eq!(super::statement(&statements, 1), ("1", 1));
         assert_eq!(super::statement(&statements, 5), ("8", 8));
         assert_eq!(super::statement(&statements, 32), ("32", 32));
+        // The SQLite rotation writer's larger batches.
+        let statements = super::statements_up_to(64, |n| n.to_string());
+        assert_eq!(statements.len(), 7);
+        assert_eq!(super::statement(&statements, 33), ("64", 64));
+        assert_eq!(super::statement(&statements, 64), ("64", 64));
     }
 }

@@ -29,8 +29,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,7 +40,7 @@ use sqlx::Row;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::session::{GRANT_SELECT, LiveRotation, RefreshGrantRow};
-use super::{Backend, Lanes};
+use super::{Backend, Lanes, batch};
 use crate::tokens::TokenDigest;
 
 /// Rotations written by one transaction, at most.
@@ -350,7 +350,7 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
             ]
         });
         let (size, values) = padded(rows, || [nothing(), nothing(), 0.into(), 0.into()]);
-        let mut statement = tx.prepare_cached(&batch_sql(Backend::Sqlite, size))?;
+        let mut statement = tx.prepare_cached(batch::statement(&SQLITE_BATCH_SQL, size).0)?;
         let mut rows = statement.query(rusqlite::params_from_iter(values))?;
         while let Some(row) = rows.next()? {
             written.consumed.insert(row.get(0)?);
@@ -370,7 +370,7 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
             [nothing(), nothing(), String::new().into(), 0.into(), 0.into()]
         });
         let mut consumed: Vec<Vec<u8>> = Vec::with_capacity(live.len());
-        let mut statement = tx.prepare_cached(&live_sql(size))?;
+        let mut statement = tx.prepare_cached(batch::statement(&LIVE_SQL, size).0)?;
         let mut rows = statement.query(rusqlite::params_from_iter(values))?;
         while let Some(row) = rows.next()? {
             consumed.push(row.get(0)?);
@@ -378,9 +378,7 @@ fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Writ
         drop(rows);
         if !consumed.is_empty() {
             let (size, values) = padded(consumed.into_iter().map(|d| [d.into()]), || [nothing()]);
-            let params: Vec<String> = (1..=size).map(|i| format!("${i}")).collect();
-            let sql = format!("{} where r.digest in ({})", *GRANT_SELECT, params.join(", "));
-            let mut statement = tx.prepare_cached(&sql)?;
+            let mut statement = tx.prepare_cached(batch::statement(&GRANT_SQL, size).0)?;
             let mut rows = statement.query(rusqlite::params_from_iter(values))?;
             while let Some(row) = rows.next()? {
                 written
@@ -406,6 +404,23 @@ fn padded<const N: usize>(
     (count..size).for_each(|_| values.extend(nothing()));
     (size, values)
 }
+
+/// Each statement's text for every batch size (1 to [`MAX_BATCH`], powers
+/// of two), built once: not formatted again for each batch only to find the
+/// prepared statement it names.
+type Texts = LazyLock<Vec<String>>;
+static LIVE_SQL: Texts = LazyLock::new(|| batch::statements_up_to(MAX_BATCH, live_sql));
+static SQLITE_BATCH_SQL: Texts =
+    LazyLock::new(|| batch::statements_up_to(MAX_BATCH, |n| batch_sql(Backend::Sqlite, n)));
+static POSTGRES_BATCH_SQL: Texts =
+    LazyLock::new(|| batch::statements_up_to(MAX_BATCH, |n| batch_sql(Backend::Postgres, n)));
+/// The grants of `n` rotated tokens, by their digests.
+static GRANT_SQL: Texts = LazyLock::new(|| {
+    batch::statements_up_to(MAX_BATCH, |n| {
+        let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        format!("{} where r.digest in ({})", *GRANT_SELECT, params.join(", "))
+    })
+});
 
 /// A digest no token has.
 fn nothing() -> Value {
@@ -488,9 +503,12 @@ fn batch_sql(backend: Backend, size: usize) -> String {
 /// only a handful of statement texts are prepared.
 async fn write(lanes: &Lanes, backend: Backend, rotations: &[&Rotation]) -> anyhow::Result<HashSet<Vec<u8>>> {
     const NOTHING: [u8; 32] = [0; 32];
-    let size = rotations.len().next_power_of_two();
-    let sql = batch_sql(backend, size);
-    let mut query = sqlx::query(&sql);
+    let texts = match backend {
+        Backend::Sqlite => &SQLITE_BATCH_SQL,
+        Backend::Postgres => &POSTGRES_BATCH_SQL,
+    };
+    let (sql, size) = batch::statement(texts, rotations.len());
+    let mut query = sqlx::query(sql);
     for r in rotations {
         query = query
             .bind(r.used.as_bytes().to_vec())
