@@ -249,6 +249,11 @@ struct Tally {
     latencies_us: Vec<u32>,
     non_2xx: u64,
     errors: u64,
+    /// Paced requests: the longest the driver's own timer woke it late for
+    /// a request due while it was free (not still waiting for the answer
+    /// before): time this process was kept from running, so a stall of the
+    /// machine shows here, not only in the server's latency.
+    late_max_us: u32,
 }
 
 /// How a connection makes its next request and reads the answer.
@@ -350,11 +355,17 @@ async fn paced(
     let mut conn = Conn::new(&o.addr);
     let mut tally = Tally::default();
     let mut due = first;
+    let mut free_since = Instant::now();
     while due < until {
         tokio::time::sleep_until(due.into()).await;
+        let woke = Instant::now();
         let answer = conn.send(&request).await;
         let done = Instant::now();
         if due >= measure_from {
+            if free_since < due {
+                let late = woke.saturating_duration_since(due).as_micros() as u32;
+                tally.late_max_us = tally.late_max_us.max(late);
+            }
             match answer {
                 Ok(a) => {
                     tally
@@ -367,6 +378,7 @@ async fn paced(
                 Err(_) => tally.errors += 1,
             }
         }
+        free_since = done;
         due += every;
     }
     tally
@@ -572,7 +584,9 @@ async fn run(o: Options) -> anyhow::Result<serde_json::Value> {
         .round())
     .into();
     if !jwks.is_empty() {
+        let late_max_us = jwks.iter().map(|t| t.late_max_us).max().unwrap_or(0);
         out["jwks"] = summary(jwks, seconds);
+        out["jwks"]["driver_late_max_ms"] = (f64::from(late_max_us) / 1000.0).into();
         out["jwks"]["rate_per_s"] = o.jwks_rate.into();
     }
     if let Some(kib) = peak_rss_kib {
