@@ -4,8 +4,9 @@ Each workload's row is its median round (by ratio): that round's req/s, p50,
 p99 and ratio, with the lowest and highest round's ratio beside it; non-2xx
 counts every round, peak RSS is the highest round's, and the JWKS latency
 while logins flood is the round with the worst p99, beside the most the
-load generator's own timer woke late in that round (a stall of the whole
-machine, which no server can answer through, shows there too).
+load generator's own timer woke late in that round (about 1 ms at rest;
+a stall of the whole machine, which no server can answer through, shows
+there too).
 
 python3 bench/report.py WORKDIR "sqlite [postgres]" OUT.json
 """
@@ -99,7 +100,8 @@ for backend in backends:
                  ("pass" if ms < 1000 else "FAIL") if backend == "sqlite" else ""))
     result["backends"][backend] = res
 
-head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio: median round (min–max), its ceiling", "vs first", "goal", "")
+head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio: median round (min–max), its ceiling; or a note",
+        "vs first", "goal", "")
 widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 fmt = lambda r: "  ".join(v.rjust(w) if i in (2, 3, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
 print(f'ceilings: RS256 {ceilings["rs256_signatures_per_s_1_thread"]:.0f}/s (1 thread), '

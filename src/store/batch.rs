@@ -237,8 +237,10 @@ pub fn statements(sql: impl Fn(usize) -> String) -> Vec<String> {
     statements_up_to(MAX_BATCH, sql)
 }
 
-/// As [`statements`], for batches of at most `max` keys (a power of two).
+/// As [`statements`], for batches of at most `max` keys (a power of two);
+/// also used by the SQLite rotation writer (`store::rotation`).
 pub fn statements_up_to(max: usize, sql: impl Fn(usize) -> String) -> Vec<String> {
+    debug_assert!(max.is_power_of_two(), "batches of at most {max}");
     (0..=max.trailing_zeros()).map(|p| sql(1 << p)).collect()
 }
 

@@ -405,18 +405,25 @@ fn padded<const N: usize>(
     (size, values)
 }
 
-/// Each statement's text for every batch size (1 to [`MAX_BATCH`], powers
-/// of two), built once: not formatted again for each batch only to find the
-/// prepared statement it names.
+/// Statement texts, one for each batch size (1 to [`MAX_BATCH`] rotations,
+/// powers of two), each built once: not formatted again for every batch
+/// only to look up the prepared statement it names.
 type Texts = LazyLock<Vec<String>>;
-static LIVE_SQL: Texts = LazyLock::new(|| batch::statements_up_to(MAX_BATCH, live_sql));
-static SQLITE_BATCH_SQL: Texts =
-    LazyLock::new(|| batch::statements_up_to(MAX_BATCH, |n| batch_sql(Backend::Sqlite, n)));
-static POSTGRES_BATCH_SQL: Texts =
-    LazyLock::new(|| batch::statements_up_to(MAX_BATCH, |n| batch_sql(Backend::Postgres, n)));
+
+fn texts(sql: impl Fn(usize) -> String) -> Vec<String> {
+    batch::statements_up_to(MAX_BATCH, sql)
+}
+
+/// The writer's statement for rotations it checks ([`live_sql`]).
+static LIVE_SQL: Texts = LazyLock::new(|| texts(live_sql));
+/// [`batch_sql`] on SQLite: the writer's checked rotations, and single ones
+/// on a database in memory.
+static SQLITE_BATCH_SQL: Texts = LazyLock::new(|| texts(|n| batch_sql(Backend::Sqlite, n)));
+/// [`batch_sql`] on PostgreSQL; [`write`] is given one rotation at a time.
+static POSTGRES_BATCH_SQL: Texts = LazyLock::new(|| texts(|n| batch_sql(Backend::Postgres, n)));
 /// The grants of `n` rotated tokens, by their digests.
 static GRANT_SQL: Texts = LazyLock::new(|| {
-    batch::statements_up_to(MAX_BATCH, |n| {
+    texts(|n| {
         let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
         format!("{} where r.digest in ({})", *GRANT_SELECT, params.join(", "))
     })
