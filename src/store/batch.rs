@@ -33,7 +33,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::{ACQUIRE_TIMEOUT, Lane, LaneQuery, Lanes};
 
 /// Keys asked in one statement, at most.
-const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 32;
 
 /// Workers per kind: statements in flight at once. Two rather than three
 /// make batches larger: a fifth fewer commits under refresh load, rotations

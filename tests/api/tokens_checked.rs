@@ -458,8 +458,9 @@ async fn postgres_batch_statements_answer_each_key_in_its_place() {
 /// PostgreSQL's batch statements look every key up by index, with the plan
 /// PostgreSQL caches for a prepared statement on a young database (its
 /// statistics stale or missing): no sequential scan, no hash or merge join,
-/// no index read whole. A cached plan for 8 rotations that joined every
-/// login with every key once doubled PostgreSQL's work per refresh.
+/// no index read whole; for every batch size. A cached plan for 8 rotations
+/// that joined every login with every key once doubled PostgreSQL's work per
+/// refresh.
 #[tokio::test]
 async fn postgres_batch_statements_look_every_key_up_by_index() {
     use gatehouse::store::batch::Batch;
@@ -480,12 +481,16 @@ async fn postgres_batch_statements_look_every_key_up_by_index() {
     }
     let db = test_db(&app).await;
     let mut lane = db.lane().await.unwrap();
-    let statements = [
-        ("token holders", TokenHolders::statement(8).0),
-        ("revoked access tokens", RevokedJtis::statement(8).0),
-        ("refresh rotations", LiveRotations::statement(8).0),
-    ];
-    for (what, sql) in statements {
+    let sizes = (0..=gatehouse::store::batch::MAX_BATCH.trailing_zeros()).map(|p| 1 << p);
+    let statements = sizes.flat_map(|n| {
+        [
+            ("token holders", TokenHolders::statement(n)),
+            ("revoked access tokens", RevokedJtis::statement(n)),
+            ("refresh rotations", LiveRotations::statement(n)),
+        ]
+    });
+    for (what, (sql, n)) in statements {
+        let what = format!("{what} ({n} keys)");
         // Prepared and explained with the simple protocol, so `$n` are the
         // prepared statement's own parameters; the generic plan is the one
         // cached after a few runs, made without the values.
