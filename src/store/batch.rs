@@ -1,5 +1,7 @@
-//! PostgreSQL only: the hottest statements of concurrent requests, run
-//! together: the token checks of Bearer requests, and refresh rotations.
+//! PostgreSQL: the hottest statements of concurrent requests, run together:
+//! the token checks of Bearer requests, and refresh rotations. (The SQLite
+//! rotation writer, `store::rotation`, shares only the statement-text
+//! helpers at the end: [`statements_up_to`] and [`statement`].)
 //!
 //! Every Bearer request checks its token in the database (SPEC §5: no stale
 //! cache). One query per request spends most of its time on what does not

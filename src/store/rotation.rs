@@ -324,13 +324,13 @@ impl Written {
     }
 }
 
-/// The rotations in `batch`, in one transaction: a statement for those
+/// `rotations`, in one transaction: a statement for those
 /// checked by their callers, one for those the writer checks, and the read
 /// of the grants those continue.
-fn write_batch(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
+fn write_batch(conn: &mut Connection, rotations: &[Queued]) -> rusqlite::Result<Written> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (mut checked, mut live): (Vec<&Rotation>, Vec<&LiveRotation>) = (Vec::new(), Vec::new());
-    for queued in batch {
+    for queued in rotations {
         match queued {
             Queued::Checked(r, _) => checked.push(r),
             Queued::Live(r, _) => live.push(r),
