@@ -21,10 +21,11 @@
 //! (1,024 index probes for 8 rows) and later hashed the whole token table.
 //! Lanes turn off hash and merge joins and sequential scans (see
 //! `POSTGRES_LANE_SETTINGS`; without that the token-holder batch hashed every
-//! login of the table), and the rotation statement reaches each table
-//! through a `lateral` subquery with `limit 1`, which the planner cannot
-//! reorder. A test checks the cached plan of each batch statement for 8
-//! keys.
+//! login of the table), the rotation statement reaches each table through a
+//! `lateral` subquery with `limit 1`, which the planner cannot reorder, and
+//! updates each row it found by the row's address (`ctid`). A test checks
+//! the cached plan of each batch statement for every batch size, and the
+//! rotations' also on a small table of used tokens.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -376,28 +376,34 @@ impl Batch for LiveRotations {
     const WRITE: bool = true;
 
     // Only rows `consumed` (under their row locks) get a successor: no index
-    // guards that on PostgreSQL (migration 0007).
+    // guards that on PostgreSQL (migration 0007). The update finds each row
+    // by the address `found` read it at: a plan joining on the digest, cached
+    // while the table was small and its rows almost all used, read the whole
+    // index for every batch. A row updated meanwhile (by a racing rotation)
+    // is checked again at its newest version, and skipped as used.
     fn statement(len: usize) -> (&'static str, usize) {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
             batch::statements(|n| {
                 format!(
                     "with k (i, used, next, client_id, now, ttl) as (values {}), \
-                     found as materialized (select k.i, k.next, k.now, k.ttl, r.digest, r.session_id, \
-                     r.issued_at, r.expires_at, s.user_id, s.client_id, s.scope, s.auth_time, \
+                     found as materialized (select k.i, k.next, k.now, k.ttl, r.tid, r.digest, \
+                     r.session_id, r.issued_at, r.expires_at, s.user_id, s.client_id, s.scope, s.auth_time, \
                      s.expires_at as session_expires_at, s.revoked_at, s.browser_session_id, {} from k \
-                     cross join lateral (select * from refresh_token r where r.digest = k.used \
+                     cross join lateral (select r.ctid as tid, * from refresh_token r where r.digest = k.used \
                      and r.used_at is null and r.expires_at > k.now limit 1) r \
                      cross join lateral (select * from login_session s where s.id = r.session_id \
                      and s.client_id = k.client_id and s.revoked_at is null and s.expires_at > k.now limit 1) s \
                      cross join lateral (select * from user_account u where u.id = s.user_id \
                      and u.disabled_at is null limit 1) u), \
                      consumed as (update refresh_token r set used_at = f.now from found f \
-                     where r.digest = f.digest and r.used_at is null returning f.*, r.used_at), \
+                     where r.ctid = f.tid and r.used_at is null returning f.*, r.used_at), \
                      inserted as (insert into refresh_token (digest, session_id, issued_at, expires_at, parent) \
                      select next, session_id, now, least(now + ttl, session_expires_at), digest from consumed) \
-                     select * from consumed",
+                     select i, session_id, issued_at, expires_at, used_at, user_id, client_id, scope, auth_time, \
+                     session_expires_at, revoked_at, browser_session_id, {} from consumed",
                     batch::values(n, &["bigint", "bytea", "bytea", "text", "bigint", "bigint"]),
-                    crate::store::user::qualified_columns("u")
+                    crate::store::user::qualified_columns("u"),
+                    crate::store::user::COLUMNS,
                 )
             })
         });

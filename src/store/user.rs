@@ -49,7 +49,8 @@ impl UserRow {
     }
 }
 
-const COLUMNS: &str =
+/// [`UserRow`]'s columns.
+pub(super) const COLUMNS: &str =
     "id, email, email_lower, password_hash, name, roles, email_verified_at, disabled_at, created_at";
 
 /// [`UserRow`]'s columns, each prefixed with `alias.`, for joins.

@@ -460,14 +460,17 @@ async fn postgres_batch_statements_answer_each_key_in_its_place() {
 /// statistics stale or missing): no sequential scan, no hash or merge join,
 /// no index read whole; for every batch size. A cached plan for 8 rotations
 /// that joined every login with every key once doubled PostgreSQL's work per
-/// refresh.
+/// refresh. The rotations' update reaches each row it consumes by the row's
+/// address, found in the same statement: the plan cached while the token
+/// table was small and almost all used (from fresh statistics) once read its
+/// whole index for every batch instead.
 #[tokio::test]
 async fn postgres_batch_statements_look_every_key_up_by_index() {
     use gatehouse::store::batch::Batch;
     use gatehouse::store::revocation::RevokedJtis;
     use gatehouse::store::session::LiveRotations;
     use gatehouse::store::user::TokenHolders;
-    use sqlx::{Executor, Row};
+    use sqlx::Executor;
 
     if !on_postgres() {
         eprintln!("skipped: the batch statements run on PostgreSQL only");
@@ -481,8 +484,8 @@ async fn postgres_batch_statements_look_every_key_up_by_index() {
     }
     let db = test_db(&app).await;
     let mut lane = db.lane().await.unwrap();
-    let sizes = (0..=gatehouse::store::batch::MAX_BATCH.trailing_zeros()).map(|p| 1 << p);
-    let statements = sizes.flat_map(|n| {
+    let sizes = || (0..=gatehouse::store::batch::MAX_BATCH.trailing_zeros()).map(|p| 1 << p);
+    let statements = sizes().flat_map(|n| {
         [
             ("token holders", TokenHolders::statement(n)),
             ("revoked access tokens", RevokedJtis::statement(n)),
@@ -490,49 +493,76 @@ async fn postgres_batch_statements_look_every_key_up_by_index() {
         ]
     });
     for (what, (sql, n)) in statements {
-        let what = format!("{what} ({n} keys)");
-        // Prepared and explained with the simple protocol, so `$n` are the
-        // prepared statement's own parameters; the generic plan is the one
-        // cached after a few runs, made without the values.
-        let parameters = sql
-            .split('$')
-            .skip(1)
-            .filter_map(|s| {
-                s.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .max()
-            .unwrap();
-        let conn = lane.conn();
-        conn.execute(&*format!("prepare planned as {sql}")).await.unwrap();
-        conn.execute("set plan_cache_mode = force_generic_plan")
-            .await
-            .unwrap();
-        let nulls = vec!["null"; parameters].join(", ");
-        let rows = conn
-            .fetch_all(&*format!("explain execute planned ({nulls})"))
-            .await
-            .unwrap();
-        conn.execute("deallocate planned; reset plan_cache_mode")
-            .await
-            .unwrap();
-        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        let shown = plan.join("\n");
-        for banned in ["Seq Scan", "Hash", "Merge Join"] {
-            assert!(!shown.contains(banned), "{what}: {banned} in\n{shown}");
-        }
-        // Every index scan has a condition: it looks a key up.
-        for (i, line) in plan.iter().enumerate() {
-            if line.contains("Index Scan using") || line.contains("Index Only Scan using") {
-                let conditioned = plan[i + 1..]
-                    .iter()
-                    .take_while(|l| !l.contains("->"))
-                    .any(|l| l.contains("Index Cond:"));
-                assert!(conditioned, "{what}: an index read whole in\n{shown}");
-            }
-        }
+        assert_keys_looked_up(lane.conn(), &format!("{what} ({n} keys)"), sql).await;
+    }
+    // A small token table whose rows are almost all used, with statistics
+    // that say so.
+    let conn = lane.conn();
+    conn.execute(
+        "insert into refresh_token (digest, session_id, issued_at, expires_at, used_at) \
+         select sha256(g::text::bytea), 'no-such-login', 1, 2, 1 from generate_series(1, 50) g",
+    )
+    .await
+    .unwrap();
+    conn.execute("analyze refresh_token").await.unwrap();
+    for (sql, n) in sizes().map(LiveRotations::statement) {
+        let plan = assert_keys_looked_up(
+            lane.conn(),
+            &format!("refresh rotations ({n} keys), 50 used"),
+            sql,
+        )
+        .await;
+        assert!(plan.contains("Tid Scan on refresh_token"), "{n} keys:\n{plan}");
     }
     lane.release();
+}
+
+/// The generic plan PostgreSQL caches for `sql` looks every key up: no
+/// sequential scan, no hash or merge join, every index scan with a
+/// condition. Returns the plan.
+async fn assert_keys_looked_up(conn: &mut sqlx::AnyConnection, what: &str, sql: &str) -> String {
+    use sqlx::{Executor, Row};
+
+    // Prepared and explained with the simple protocol, so `$n` are the
+    // prepared statement's own parameters; the generic plan is the one
+    // cached after a few runs, made without the values.
+    let parameters = sql
+        .split('$')
+        .skip(1)
+        .filter_map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    conn.execute(&*format!("prepare planned as {sql}")).await.unwrap();
+    conn.execute("set plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let nulls = vec!["null"; parameters].join(", ");
+    let rows = conn
+        .fetch_all(&*format!("explain execute planned ({nulls})"))
+        .await
+        .unwrap();
+    conn.execute("deallocate planned; reset plan_cache_mode")
+        .await
+        .unwrap();
+    let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+    let shown = plan.join("\n");
+    for banned in ["Seq Scan", "Hash", "Merge Join"] {
+        assert!(!shown.contains(banned), "{what}: {banned} in\n{shown}");
+    }
+    // Every index scan has a condition: it looks a key up.
+    for (i, line) in plan.iter().enumerate() {
+        if line.contains("Index Scan using") || line.contains("Index Only Scan using") {
+            let conditioned = plan[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("->"))
+                .any(|l| l.contains("Index Cond:"));
+            assert!(conditioned, "{what}: an index read whole in\n{shown}");
+        }
+    }
+    shown
 }
