@@ -38,10 +38,10 @@ use super::{ACQUIRE_TIMEOUT, Lane, LaneQuery, Lanes};
 /// Keys asked in one statement, at most.
 pub const MAX_BATCH: usize = 32;
 
-/// Workers per kind: statements in flight at once. Two rather than three
-/// make batches larger: a fifth fewer commits under refresh load, rotations
-/// 3,490 -> 3,577/s and userinfo 28,461 -> 31,297/s (2-3 pairs). One
-/// worker alone waits out each commit's flush: rotations fell to 2,500/s.
+/// Workers of a kind unless it says otherwise ([`Batch::WORKERS`]):
+/// statements in flight at once. Two rather than three make batches larger:
+/// a fifth fewer commits under refresh load, rotations 3,490 -> 3,577/s and
+/// userinfo 28,461 -> 31,297/s (2-3 pairs).
 const WORKERS: usize = 2;
 
 /// One kind of batched statement.
@@ -66,6 +66,8 @@ pub trait Batch: Send + Sync + 'static {
     /// request's own timeout (`GATEHOUSE_REQUEST_TIMEOUT`, 30 s by default)
     /// ends it first.
     const WRITE: bool = false;
+    /// Workers: statements of this kind in flight at once.
+    const WORKERS: usize = WORKERS;
     /// The statement for `len` keys, and how many rows it has (padded to a
     /// power of two, see [`statements`]).
     fn statement(len: usize) -> (&'static str, usize);
@@ -93,7 +95,7 @@ impl<R: Batch> Batcher<R> {
     pub(super) fn start(lanes: Arc<Lanes>) -> Batcher<R> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..WORKERS {
+        for _ in 0..R::WORKERS {
             tokio::spawn(work::<R>(receiver.clone(), lanes.clone()));
         }
         Batcher { sender }
