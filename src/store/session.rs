@@ -378,7 +378,10 @@ impl Batch for LiveRotations {
     /// written, twice as many rotations per commit as with two workers
     /// (12.5 against 6.5 under refresh load), and PostgreSQL spends a
     /// quarter less CPU per refresh. It once looked slower only because a
-    /// cached plan read the whole token index (see below).
+    /// cached plan read the whole token index (see below). A batch that
+    /// waits for a row lock (a racing rotation of the same token by another
+    /// instance) holds the next one up as long, within the lanes'
+    /// `statement_timeout`.
     const WORKERS: usize = 1;
 
     // Only rows `consumed` (under their row locks) get a successor: no index
