@@ -40,8 +40,8 @@ pub const MAX_BATCH: usize = 32;
 
 /// Workers of a kind unless it says otherwise ([`Batch::WORKERS`]):
 /// statements in flight at once. Two rather than three make batches larger:
-/// a fifth fewer commits under refresh load, rotations 3,490 -> 3,577/s and
-/// userinfo 28,461 -> 31,297/s (2-3 pairs).
+/// userinfo 28,461 -> 31,297/s (2-3 pairs); rotations, which then had two
+/// workers too, 3,490 -> 3,577/s with a fifth fewer commits.
 const WORKERS: usize = 2;
 
 /// One kind of batched statement.
@@ -95,6 +95,7 @@ impl<R: Batch> Batcher<R> {
     pub(super) fn start(lanes: Arc<Lanes>) -> Batcher<R> {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
+        debug_assert!(R::WORKERS > 0, "{}: no worker would answer", R::WHAT);
         for _ in 0..R::WORKERS {
             tokio::spawn(work::<R>(receiver.clone(), lanes.clone()));
         }

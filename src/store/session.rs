@@ -377,19 +377,32 @@ impl Batch for LiveRotations {
     /// One: each batch then takes all that queued while the last one was
     /// written, twice as many rotations per commit as with two workers
     /// (12.5 against 6.5 under refresh load), and PostgreSQL spends a
-    /// quarter less CPU per refresh. It once looked slower only because a
-    /// cached plan read the whole token index (see below). A batch that
-    /// waits for a row lock (a racing rotation of the same token by another
-    /// instance) holds the next one up as long, within the lanes'
-    /// `statement_timeout`.
+    /// quarter less CPU per refresh: 2,317 against 2,160 refreshes/s, means
+    /// of 6 alternating pairs on a slow, noisy host. With two, a batch
+    /// started as soon as one key queued. (One worker had measured 2,400 to
+    /// 2,600/s, far below two; the last time, its cached plan was found
+    /// reading the whole token index for every batch: see below.)
+    ///
+    /// The cost: whatever holds the worker holds every rotation of this
+    /// instance, where with two the other went on. A refresh may wait for a
+    /// whole statement and its commit before its own starts; a statement
+    /// may wait for row locks (a racing rotation of the same token by
+    /// another instance, or a deletion of its login, user or client, whose
+    /// trigger locks the login's tokens), up to the lanes'
+    /// `statement_timeout`, after which its whole batch is answered 503;
+    /// and the worker may wait for a lane (`ACQUIRE_TIMEOUT`).
     const WORKERS: usize = 1;
 
     // Only rows `consumed` (under their row locks) get a successor: no index
     // guards that on PostgreSQL (migration 0007). The update finds each row
     // by the address `found` read it at: a plan joining on the digest, cached
     // while the table was small and its rows almost all used, read the whole
-    // index for every batch. A row updated meanwhile (by a racing rotation)
-    // is checked again at its newest version, and skipped as used.
+    // index for every batch. A row updated meanwhile is checked again at its
+    // newest version and skipped: every update of a token sets `used_at`
+    // (a rotation's). Were one ever skipped while live, the grant would read
+    // it and rotate it by digest (`oauth::token`): slower, still right. The
+    // last select names its columns: `*` would also return `tid`, a type
+    // the `Any` driver cannot read.
     fn statement(len: usize) -> (&'static str, usize) {
         static SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
             batch::statements(|n| {
