@@ -375,10 +375,10 @@ impl Batch for LiveRotations {
     const TIMEOUT: std::time::Duration = crate::store::rotation::ROTATION_TIMEOUT;
     const WRITE: bool = true;
     /// One: each batch then takes all that queued while the last one was
-    /// written, twice as many rotations per commit as with two workers
-    /// (12.5 against 6.5 under refresh load), and PostgreSQL spends a
-    /// quarter less CPU per refresh: 2,317 against 2,160 refreshes/s, means
-    /// of 6 alternating pairs on a slow, noisy host. With two, a batch
+    /// written, about twice as many rotations per commit as with two
+    /// workers (9.6-13.4 against 5.5-7.2 under refresh load), and
+    /// PostgreSQL spends a quarter less CPU per refresh: 2,317 against
+    /// 2,160 refreshes/s, means of 6 alternating pairs on a slow, noisy host. With two, a batch
     /// started as soon as one key queued. (One worker had measured 2,400 to
     /// 2,600/s, far below two; the last time, its cached plan was found
     /// reading the whole token index for every batch: see below.)
