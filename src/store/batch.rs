@@ -10,7 +10,9 @@
 //! queue here, and the next free worker asks for all of them (at most
 //! [`MAX_BATCH`]) in one statement. A request that finds a worker idle is
 //! asked for at once, alone: batching adds no wait, it only shares the trips
-//! that queueing would have made anyway. Each answer comes from a statement
+//! that queueing would have made anyway. (Rotations have one worker, so a
+//! rotation may wait for the statement in flight: see
+//! `session::LiveRotations`.) Each answer comes from a statement
 //! that started after its request arrived, so a revocation committed before
 //! the request is always seen. A batch of rotations is one transaction: one
 //! commit, one flush of the log, for all of them.
