@@ -18,6 +18,7 @@ pub mod browser;
 mod checkpoint;
 pub mod client;
 pub mod client_cache;
+mod direct;
 pub mod key;
 pub mod login_attempt;
 pub mod mail;
@@ -59,6 +60,8 @@ pub struct Db {
     rotations: Option<rotation::RotationQueue>,
     /// SQLite on a file: the hottest reads, on the calling thread.
     reader: Option<Arc<reader::Reader>>,
+    /// SQLite on a file: a password login's writes, on the calling thread.
+    direct: Option<Arc<direct::DirectWriter>>,
     /// PostgreSQL: the hottest reads of concurrent requests, asked together.
     token_holders: Option<Arc<batch::Batcher<user::TokenHolders>>>,
     revoked_jtis: Option<Arc<batch::Batcher<revocation::RevokedJtis>>>,
@@ -261,6 +264,9 @@ impl Db {
         if let (Some(reader), Some(lock)) = (&reader, &write_lock) {
             checkpoint::start(reader, lock);
         }
+        let direct = reader
+            .as_ref()
+            .map(|reader| Arc::new(direct::DirectWriter::new(reader.path().to_path_buf())));
         let postgres = backend == Backend::Postgres;
         let token_holders = postgres.then(|| Arc::new(batch::Batcher::start(lanes.clone())));
         let revoked_jtis = postgres.then(|| Arc::new(batch::Batcher::start(lanes.clone())));
@@ -273,6 +279,7 @@ impl Db {
             lanes,
             rotations,
             reader,
+            direct,
             token_holders,
             revoked_jtis,
             live_rotations,
@@ -379,6 +386,29 @@ impl Db {
         Ok(out)
     }
 
+    /// SQLite on a file: runs `work` in a write transaction on this thread
+    /// ([`direct`]), under this process's write lock, and commits it if
+    /// `work` succeeded; `work` may run again after another process's lock
+    /// rolled it back. `None` on PostgreSQL and an in-memory database: the
+    /// caller writes through sqlx. `what` names the writes in errors.
+    pub async fn direct_write<T>(
+        &self,
+        what: &'static str,
+        work: impl FnMut(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Option<anyhow::Result<T>> {
+        let (direct, reader) = (self.direct.as_ref()?, self.reader.as_ref()?);
+        let _writer = self.writer().await;
+        if reader.is_closed() {
+            return Some(Err(anyhow::Error::new(sqlx::Error::PoolClosed).context(what)));
+        }
+        Some(
+            direct
+                .write(work)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context(what)),
+        )
+    }
+
     /// PostgreSQL: token-holder checks of concurrent requests, asked together.
     pub fn token_holders(&self) -> Option<&batch::Batcher<user::TokenHolders>> {
         self.token_holders.as_deref()
@@ -431,6 +461,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(direct) = &self.direct {
+            direct.close();
+        }
         if let Some(reader) = &self.reader {
             reader.close();
         }

@@ -7,7 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::app::AppState;
 use crate::error::Error;
 use crate::password::Verdict;
-use crate::store::login_attempt::{LoginGate, begin_login_attempt, clear_login_attempts};
+use crate::store::login_attempt::{
+    LoginGate, begin_login_attempt, begin_login_attempt_direct, clear_login_attempts,
+};
 use crate::store::user::{UserRow, find_login_user, update_user_password_hash};
 use crate::tokens::TokenDigest;
 
@@ -51,19 +53,29 @@ pub async fn verify_login(
     let lookup = crate::domain::normalise_username(username);
     // The attempt counts as a failure until it succeeds.
     let attempt = TokenDigest::of(&lookup);
-    // The attempt on a lane, the user through the reader on SQLite (on a
-    // lane on PostgreSQL): a pooled connection costs one more trip, a ping,
-    // when it is given back.
-    let gate = {
-        let _writer = state.db.writer().await;
-        let mut lane = state.db.lane().await?;
-        let after = state.settings.login_backoff_after;
-        let gate = state
-            .db
-            .bounded(begin_login_attempt(lane.conn(), &attempt, now, after))
-            .await?;
-        lane.release();
-        gate
+    // The attempt on this thread on an SQLite file (`Db::direct_write`),
+    // else on a lane (a pooled connection costs one more trip, a ping, when
+    // it is given back); the user through the reader on SQLite, on a lane
+    // on PostgreSQL.
+    let after = state.settings.login_backoff_after;
+    let direct = state
+        .db
+        .direct_write("count login attempt", |tx| {
+            begin_login_attempt_direct(tx, &attempt, now, after)
+        })
+        .await;
+    let gate = match direct {
+        Some(gate) => gate?,
+        None => {
+            let _writer = state.db.writer().await;
+            let mut lane = state.db.lane().await?;
+            let gate = state
+                .db
+                .bounded(begin_login_attempt(lane.conn(), &attempt, now, after))
+                .await?;
+            lane.release();
+            gate
+        }
     };
     let user = if lookup.len() <= 254 {
         find_login_user(&state.db, &lookup).await?

@@ -96,39 +96,96 @@ pub async fn begin_login_attempt(
     now: i64,
     backoff_after: u32,
 ) -> anyhow::Result<LoginGate> {
-    let first = backoff_seconds(1, backoff_after);
-    let capped_from = (0..16_i64)
-        .find(|d| FIRST_BACKOFF << d >= MAX_BACKOFF)
-        .unwrap_or(16);
+    let [p2, p3, p4, p5, p6, p7, p8] = attempt_parameters(now, backoff_after);
     let counted: Option<(i64,)> = sqlx::query_as(&BEGIN_ATTEMPT)
         .bind(username.as_bytes().to_vec())
-        .bind(now)
-        .bind(if first > 0 { now + first } else { 0 })
-        .bind(now - FORGET_AFTER)
-        .bind(i64::from(backoff_after))
-        .bind(FIRST_BACKOFF)
-        .bind(MAX_BACKOFF)
-        .bind(capped_from)
+        .bind(p2)
+        .bind(p3)
+        .bind(p4)
+        .bind(p5)
+        .bind(p6)
+        .bind(p7)
+        .bind(p8)
         .fetch_optional(&mut *conn)
         .await
         .context("count login attempt")?;
     match counted {
-        Some((failures,)) => Ok(LoginGate::Open {
-            failures,
-            backoff: backoff_seconds(failures, backoff_after),
-        }),
+        Some((failures,)) => Ok(open_gate(failures, backoff_after)),
         None => {
-            let (until,): (i64,) =
-                sqlx::query_as("select blocked_until from login_attempt where username_digest = $1")
-                    .bind(username.as_bytes().to_vec())
-                    .fetch_optional(conn)
-                    .await
-                    .context("read login back-off")?
-                    .unwrap_or((now + 1,));
+            let (until,): (i64,) = sqlx::query_as(BLOCKED_UNTIL)
+                .bind(username.as_bytes().to_vec())
+                .fetch_optional(conn)
+                .await
+                .context("read login back-off")?
+                .unwrap_or((now + 1,));
             Ok(LoginGate::BackedOff { until })
         }
     }
 }
+
+/// [`begin_login_attempt`] in a transaction of [`super::Db::direct_write`].
+pub fn begin_login_attempt_direct(
+    tx: &rusqlite::Transaction<'_>,
+    username: &TokenDigest,
+    now: i64,
+    backoff_after: u32,
+) -> rusqlite::Result<LoginGate> {
+    use rusqlite::OptionalExtension;
+    let [p2, p3, p4, p5, p6, p7, p8] = attempt_parameters(now, backoff_after);
+    let counted: Option<i64> = tx
+        .prepare_cached(&BEGIN_ATTEMPT)?
+        .query_row(
+            rusqlite::named_params! {
+                "$1": username.as_bytes(), "$2": p2, "$3": p3, "$4": p4,
+                "$5": p5, "$6": p6, "$7": p7, "$8": p8,
+            },
+            |row| row.get(0),
+        )
+        .optional()?;
+    match counted {
+        Some(failures) => Ok(open_gate(failures, backoff_after)),
+        None => {
+            let until = tx
+                .prepare_cached(BLOCKED_UNTIL)?
+                .query_row(rusqlite::named_params! {"$1": username.as_bytes()}, |row| {
+                    row.get(0)
+                })
+                .optional()?
+                .unwrap_or(now + 1);
+            Ok(LoginGate::BackedOff { until })
+        }
+    }
+}
+
+/// [`BEGIN_ATTEMPT`]'s parameters after the username: `$2` to `$8`.
+fn attempt_parameters(now: i64, backoff_after: u32) -> [i64; 7] {
+    let first = backoff_seconds(1, backoff_after);
+    let capped_from = (0..16_i64)
+        .find(|d| FIRST_BACKOFF << d >= MAX_BACKOFF)
+        .unwrap_or(16);
+    [
+        now,
+        if first > 0 { now + first } else { 0 },
+        now - FORGET_AFTER,
+        i64::from(backoff_after),
+        FIRST_BACKOFF,
+        MAX_BACKOFF,
+        capped_from,
+    ]
+}
+
+fn open_gate(failures: i64, backoff_after: u32) -> LoginGate {
+    LoginGate::Open {
+        failures,
+        backoff: backoff_seconds(failures, backoff_after),
+    }
+}
+
+/// A backed-off username's end of back-off.
+const BLOCKED_UNTIL: &str = "select blocked_until from login_attempt where username_digest = $1";
+
+/// [`clear_login_attempts`]' statement.
+pub const CLEAR_LOGIN_ATTEMPTS: &str = "delete from login_attempt where username_digest = $1";
 
 /// A successful login: the username starts again from zero.
 #[tracing::instrument(level = "debug", skip_all)]
@@ -136,7 +193,7 @@ pub async fn clear_login_attempts<'e>(
     ex: impl Executor<'e, Database = Any>,
     username: &TokenDigest,
 ) -> anyhow::Result<()> {
-    sqlx::query("delete from login_attempt where username_digest = $1")
+    sqlx::query(CLEAR_LOGIN_ATTEMPTS)
         .bind(username.as_bytes().to_vec())
         .execute(ex)
         .await
@@ -167,8 +224,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let db = crate::store::Db::connect(&crate::store::test_database(dir.path()).await?).await?;
         db.migrate().await?;
-        for after in [1, 2, 5] {
-            let user = TokenDigest::of(&format!("user-{after}@example.com"));
+        // On an SQLite file, through sqlx and through rusqlite on this thread.
+        let paths: &[bool] = match db.backend() {
+            crate::store::Backend::Sqlite => &[false, true],
+            crate::store::Backend::Postgres => &[false],
+        };
+        for (&direct, after) in paths.iter().flat_map(|d| [(d, 1), (d, 2), (d, 5)]) {
+            let user = TokenDigest::of(&format!("user-{after}-{direct}@example.com"));
             // (failures, last_attempt_at, blocked_until), as the module doc says.
             let mut model: Option<(i64, i64, i64)> = None;
             let mut now = 1_000_000;
@@ -215,15 +277,21 @@ mod tests {
                         LoginGate::Open { failures, backoff }
                     }
                 };
-                let gate = begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, after).await?;
-                assert_eq!(gate, expected, "after {after}, at {now}");
+                let gate = if direct {
+                    db.direct_write("count", |tx| begin_login_attempt_direct(tx, &user, now, after))
+                        .await
+                        .context("an SQLite file takes direct writes")??
+                } else {
+                    begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, after).await?
+                };
+                assert_eq!(gate, expected, "after {after}, at {now}, direct: {direct}");
                 let row: (i64, i64, i64) = sqlx::query_as(
                     "select failures, last_attempt_at, blocked_until from login_attempt where username_digest = $1",
                 )
                 .bind(user.as_bytes().to_vec())
                 .fetch_one(db.pool())
                 .await?;
-                assert_eq!(Some(row), model, "after {after}, at {now}");
+                assert_eq!(Some(row), model, "after {after}, at {now}, direct: {direct}");
             }
         }
         db.close().await;

@@ -256,22 +256,26 @@ fn connection<'c>(
 ) -> rusqlite::Result<&'c mut Connection> {
     match slot {
         Some(conn) => Ok(conn),
-        empty => {
-            let conn = super::reader::open_existing(path)?;
-            conn.execute_batch(super::SQLITE_PRAGMAS)?;
-            // Temporary data in memory: a batch's statement journal (to undo
-            // one statement of its transaction), which past 64 KiB went to a
-            // file created and deleted within the transaction, and the rows
-            // an insert with a trigger selects before inserting them.
-            conn.execute_batch("pragma temp_store = memory;")?;
-            conn.busy_timeout(BUSY_WAIT)?;
-            // One text per batch size (1 to MAX_BATCH, powers of two) for
-            // each of the three statements: more than rusqlite keeps by
-            // default (16), and a statement evicted is parsed again.
-            conn.set_prepared_statement_cache_capacity(32);
-            Ok(empty.insert(conn))
-        }
+        empty => Ok(empty.insert(open_writer(path)?)),
     }
+}
+
+/// A connection for writes on the calling thread (this writer's, and
+/// [`super::direct`]'s).
+pub(super) fn open_writer(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = super::reader::open_existing(path)?;
+    conn.execute_batch(super::SQLITE_PRAGMAS)?;
+    // Temporary data in memory: a batch's statement journal (to undo
+    // one statement of its transaction), which past 64 KiB went to a
+    // file created and deleted within the transaction, and the rows
+    // an insert with a trigger selects before inserting them.
+    conn.execute_batch("pragma temp_store = memory;")?;
+    conn.busy_timeout(BUSY_WAIT)?;
+    // One text per batch size (1 to MAX_BATCH, powers of two) for
+    // each of the three statements: more than rusqlite keeps by
+    // default (16), and a statement evicted is parsed again.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
 }
 
 /// The writer runs its transactions on an async worker, as signing does
@@ -280,8 +284,8 @@ fn connection<'c>(
 /// between tries the worker is free, up to [`LOCKED_FOR`] in all, as long
 /// as the other connections' `busy_timeout`. On a thread of its own, whose
 /// every wake-up waited for a core, the cores idled 6-8 % of the time.
-const BUSY_WAIT: Duration = Duration::from_millis(20);
-const LOCKED_FOR: Duration = Duration::from_secs(10);
+pub(super) const BUSY_WAIT: Duration = Duration::from_millis(20);
+pub(super) const LOCKED_FOR: Duration = Duration::from_secs(10);
 
 async fn write_waiting(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
     let started = std::time::Instant::now();

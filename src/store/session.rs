@@ -5,7 +5,7 @@ use rusqlite::OptionalExtension;
 use sqlx::{Any, Executor, FromRow};
 
 use crate::store::batch::{self, Batch};
-use crate::store::login_attempt::clear_login_attempts;
+use crate::store::login_attempt::{CLEAR_LOGIN_ATTEMPTS, clear_login_attempts};
 use crate::store::rotation::Rotation;
 use crate::store::user::UserRow;
 use crate::store::{Backend, Db, LaneQuery};
@@ -36,7 +36,8 @@ pub struct FirstRefresh {
 ///
 /// PostgreSQL: one statement, where a transaction of three statements was
 /// five round trips (logins 101, 105, 104 -> 107, 106, 105 per s in
-/// back-to-back pairs); SQLite: one transaction on a lane.
+/// back-to-back pairs); SQLite: one transaction, on this thread on a file
+/// (`Db::direct_write`), else on a lane.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn start_password_login(
     db: &Db,
@@ -56,6 +57,33 @@ async fn start_on_sqlite(
     session: &NewSession<'_>,
     refresh: Option<FirstRefresh>,
 ) -> anyhow::Result<bool> {
+    let direct = db
+        .direct_write("start login", |tx| {
+            tx.prepare_cached(CLEAR_LOGIN_ATTEMPTS)?
+                .execute(rusqlite::named_params! {"$1": attempt.as_bytes()})?;
+            tx.prepare_cached(INSERT_SESSION)?
+                .execute(rusqlite::named_params! {
+                    "$1": session.id, "$2": session.user_id, "$3": session.client_id,
+                    "$4": session.scope, "$5": session.auth_time, "$6": session.expires_at,
+                    "$7": session.browser_session_id,
+                })?;
+            if let Some(refresh) = &refresh {
+                tx.prepare_cached(INSERT_REFRESH_TOKEN)?
+                    .execute(rusqlite::named_params! {
+                        "$1": refresh.digest.as_bytes(), "$2": session.id,
+                        "$3": session.auth_time, "$4": refresh.expires_at,
+                    })?;
+            }
+            Ok(())
+        })
+        .await;
+    match direct {
+        Some(Ok(())) => return Ok(true),
+        // The user or client was deleted meanwhile (all of it rolled back).
+        Some(Err(e)) if e.downcast_ref().is_some_and(is_foreign_key_violation) => return Ok(false),
+        Some(Err(e)) => return Err(e),
+        None => {}
+    }
     let mut tx = db.begin_lane_write().await?;
     clear_login_attempts(tx.conn(), attempt).await?;
     if !insert_session(tx.conn(), session).await? {
@@ -74,6 +102,11 @@ async fn start_on_sqlite(
     }
     tx.commit().await?;
     Ok(true)
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    e.sqlite_error()
+        .is_some_and(|e| e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 async fn start_on_postgres(
@@ -156,32 +189,36 @@ impl RefreshRow {
     }
 }
 
+const INSERT_SESSION: &str = "insert into login_session \
+     (id, user_id, client_id, scope, auth_time, expires_at, browser_session_id) \
+     values ($1, $2, $3, $4, $5, $6, $7)";
+
+const INSERT_REFRESH_TOKEN: &str =
+    "insert into refresh_token (digest, session_id, issued_at, expires_at) values ($1, $2, $3, $4)";
+
 /// Starts a login; false if its user or client no longer exists.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_session<'e>(
     ex: impl Executor<'e, Database = Any>,
     s: &NewSession<'_>,
 ) -> anyhow::Result<bool> {
-    sqlx::query(
-        "insert into login_session (id, user_id, client_id, scope, auth_time, expires_at, browser_session_id) \
-         values ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(s.id)
-    .bind(s.user_id)
-    .bind(s.client_id)
-    .bind(s.scope)
-    .bind(s.auth_time)
-    .bind(s.expires_at)
-    .bind(s.browser_session_id)
-    .execute(ex)
-    .await
-    .map(|_| true)
-    .or_else(|e| match e.as_database_error() {
-        // The user or client was deleted meanwhile.
-        Some(db) if db.is_foreign_key_violation() => Ok(false),
-        _ => Err(e),
-    })
-    .context("insert session")
+    sqlx::query(INSERT_SESSION)
+        .bind(s.id)
+        .bind(s.user_id)
+        .bind(s.client_id)
+        .bind(s.scope)
+        .bind(s.auth_time)
+        .bind(s.expires_at)
+        .bind(s.browser_session_id)
+        .execute(ex)
+        .await
+        .map(|_| true)
+        .or_else(|e| match e.as_database_error() {
+            // The user or client was deleted meanwhile.
+            Some(db) if db.is_foreign_key_violation() => Ok(false),
+            _ => Err(e),
+        })
+        .context("insert session")
 }
 
 #[tracing::instrument(level = "debug", skip_all)]
@@ -192,16 +229,14 @@ pub async fn insert_refresh_token<'e>(
     issued_at: i64,
     expires_at: i64,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "insert into refresh_token (digest, session_id, issued_at, expires_at) values ($1, $2, $3, $4)",
-    )
-    .bind(digest.as_bytes().to_vec())
-    .bind(session_id)
-    .bind(issued_at)
-    .bind(expires_at)
-    .execute(ex)
-    .await
-    .context("insert refresh token")?;
+    sqlx::query(INSERT_REFRESH_TOKEN)
+        .bind(digest.as_bytes().to_vec())
+        .bind(session_id)
+        .bind(issued_at)
+        .bind(expires_at)
+        .execute(ex)
+        .await
+        .context("insert refresh token")?;
     Ok(())
 }
 

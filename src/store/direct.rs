@@ -1,0 +1,82 @@
+//! SQLite on a file: a password login's writes on the calling thread.
+//!
+//! Through sqlx, each statement of a transaction is a hand-off to the
+//! connection's worker thread and back; a login's two transactions (its
+//! attempt, then its session and first refresh token) took six. In a
+//! password flood the async workers and that thread sleep between them,
+//! so each hand-off woke two threads, each taking a core from a hashing
+//! thread: about 15 wake-ups and 0.9 ms of CPU per login besides argon2.
+//! Here each transaction runs through rusqlite on a connection kept for
+//! this, under the process's write lock, like the refresh rotations'
+//! writer ([`super::rotation`]), and waits for another process's lock the
+//! same way: [`super::rotation::BUSY_WAIT`] at a time on this thread, the
+//! worker free between tries.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::rotation::{BUSY_WAIT, LOCKED_FOR};
+
+pub(super) struct DirectWriter {
+    path: PathBuf,
+    /// Taken out while a transaction runs (under the write lock, so never
+    /// contended); put back only after one succeeded.
+    conn: Mutex<Option<Connection>>,
+}
+
+impl DirectWriter {
+    pub(super) fn new(path: PathBuf) -> DirectWriter {
+        DirectWriter {
+            path,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Runs `work` in a transaction (`BEGIN IMMEDIATE`) and commits it if
+    /// `work` succeeded. Call it holding the process's write lock. A
+    /// transaction that meets another process's lock is tried again until
+    /// [`LOCKED_FOR`] has passed; `work` may therefore run more than once,
+    /// each time in a transaction of its own that was rolled back.
+    pub(super) async fn write<T>(
+        &self,
+        mut work: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let kept = self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => super::rotation::open_writer(&self.path)?,
+        };
+        let started = Instant::now();
+        let done = loop {
+            match transaction(&mut conn, &mut work) {
+                Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
+                    tokio::time::sleep(BUSY_WAIT).await;
+                }
+                done => break done,
+            }
+        };
+        // A connection whose transaction failed is closed rather than kept.
+        if done.is_ok() {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        }
+        done
+    }
+
+    /// No connection is kept any more (the database is shutting down).
+    pub(super) fn close(&self) {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+fn transaction<T>(
+    conn: &mut Connection,
+    work: &mut impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = work(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
