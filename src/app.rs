@@ -89,14 +89,15 @@ pub fn openapi_json() -> String {
 /// memory, for pages most servers never serve.
 struct Lazy<F> {
     make: F,
-    built: std::sync::OnceLock<BoxEndpoint<'static>>,
+    /// Concurrent first requests wait for one build without holding a worker.
+    built: tokio::sync::OnceCell<BoxEndpoint<'static>>,
 }
 
 impl<F: Fn() -> BoxEndpoint<'static> + Send + Sync> Lazy<F> {
     fn new(make: F) -> Lazy<F> {
         Lazy {
             make,
-            built: std::sync::OnceLock::new(),
+            built: tokio::sync::OnceCell::new(),
         }
     }
 }
@@ -105,7 +106,8 @@ impl<F: Fn() -> BoxEndpoint<'static> + Send + Sync> Endpoint for Lazy<F> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        self.built.get_or_init(&self.make).call(req).await
+        let built = self.built.get_or_init(|| async { (self.make)() }).await;
+        built.call(req).await
     }
 }
 

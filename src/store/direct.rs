@@ -15,6 +15,7 @@
 //! samples (`perf`) from 92.5 % to 94.3 %.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -24,9 +25,10 @@ use super::rotation::{BUSY_WAIT, LOCKED_FOR};
 
 pub(super) struct DirectWriter {
     path: PathBuf,
-    /// Taken out while a transaction runs (under the write lock, so never
-    /// contended); put back only after one succeeded.
+    /// Taken out while a transaction runs, put back only after one
+    /// succeeded and while the database is open.
     conn: Mutex<Option<Connection>>,
+    closed: AtomicBool,
 }
 
 impl DirectWriter {
@@ -34,26 +36,34 @@ impl DirectWriter {
         DirectWriter {
             path,
             conn: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 
     /// Runs `work` in a transaction (`BEGIN IMMEDIATE`) and commits it if
     /// `work` succeeded. Call it holding the process's write lock. A
     /// transaction that meets another process's lock is tried again until
-    /// [`LOCKED_FOR`] has passed; `work` may therefore run more than once,
-    /// each time in a transaction of its own that was rolled back.
+    /// [`LOCKED_FOR`] has passed (so is opening the connection); `work` may
+    /// therefore run more than once, each time in a transaction of its own
+    /// that was rolled back.
     pub(super) async fn write<T>(
         &self,
         mut work: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        let kept = self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let mut conn = match kept {
-            Some(conn) => conn,
-            None => super::rotation::open_writer(&self.path)?,
-        };
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
         let started = Instant::now();
         let done = loop {
-            match transaction(&mut conn, &mut work) {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some("the database is closing".into()),
+                ));
+            }
+            let tried = match super::rotation::connection(&mut conn, &self.path).await {
+                Ok(conn) => transaction(conn, &mut work),
+                Err(e) => Err(e),
+            };
+            match tried {
                 Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
                     tokio::time::sleep(BUSY_WAIT).await;
                 }
@@ -61,14 +71,16 @@ impl DirectWriter {
             }
         };
         // A connection whose transaction failed is closed rather than kept.
-        if done.is_ok() {
-            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        if done.is_ok() && !self.closed.load(Ordering::Acquire) {
+            *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn;
         }
         done
     }
 
-    /// No connection is kept any more (the database is shutting down).
+    /// No transaction runs any more and no connection is kept (the database
+    /// is shutting down).
     pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }

@@ -213,7 +213,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let conn = match connection(&mut self.conn, &self.path) {
+        let conn = match connection(&mut self.conn, &self.path).await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!("opening the SQLite database for refresh rotations failed: {e}");
@@ -249,27 +249,44 @@ impl Writer {
     }
 }
 
-/// The writer's connection, opened if it is not yet.
-fn connection<'c>(
+/// A writer's connection (this one's, and [`super::direct`]'s), opened if
+/// it is not yet; an open that meets another process's lock is tried again
+/// every [`BUSY_WAIT`], the worker free between tries, up to [`LOCKED_FOR`].
+pub(super) async fn connection<'c>(
     slot: &'c mut Option<Connection>,
     path: &std::path::Path,
 ) -> rusqlite::Result<&'c mut Connection> {
     match slot {
         Some(conn) => Ok(conn),
-        empty => Ok(empty.insert(open_writer(path)?)),
+        empty => {
+            let started = std::time::Instant::now();
+            let conn = loop {
+                match open_writer(path) {
+                    Ok(conn) => break conn,
+                    Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
+                        tokio::time::sleep(BUSY_WAIT).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            Ok(empty.insert(conn))
+        }
     }
 }
 
-/// A connection for writes on the calling thread (this writer's, and
-/// [`super::direct`]'s).
-pub(super) fn open_writer(path: &std::path::Path) -> rusqlite::Result<Connection> {
+/// A connection for writes on the calling thread.
+fn open_writer(path: &std::path::Path) -> rusqlite::Result<Connection> {
     let conn = super::reader::open_existing(path)?;
+    // Before the pragmas too: `journal_mode` waits for another process's
+    // lock this long at most, not rusqlite's default 5 s, on an async worker.
+    conn.busy_timeout(BUSY_WAIT)?;
     conn.execute_batch(super::SQLITE_PRAGMAS)?;
     // Temporary data in memory: a batch's statement journal (to undo
     // one statement of its transaction), which past 64 KiB went to a
     // file created and deleted within the transaction, and the rows
     // an insert with a trigger selects before inserting them.
     conn.execute_batch("pragma temp_store = memory;")?;
+    // `SQLITE_PRAGMAS` set the pool's 10 s.
     conn.busy_timeout(BUSY_WAIT)?;
     // One text per batch size (1 to MAX_BATCH, powers of two) for
     // each of the three statements: more than rusqlite keeps by
