@@ -144,13 +144,17 @@ impl Hasher {
     }
 }
 
-/// Blocks reserved for a hashing thread's memory: 33 MiB, above glibc's
-/// largest dynamic mmap threshold (32 MiB), so the block is always its own
-/// mapping and goes back to the kernel when it is dropped. argon2's own
-/// 19 MiB `Vec` is not: after the first free glibc raises its threshold and
-/// keeps freed blocks in per-thread arenas, up to 38 MiB each, which held a
-/// server at ~480 MB RSS after a password flood. Only the `m_cost` blocks
-/// used are touched, so resident memory is 19 MiB a thread all the same.
+/// Blocks reserved for a hashing thread's memory: 33 MiB, so that the block
+/// goes back to the kernel when it is dropped under either allocator. The
+/// server allocates with jemalloc (`src/main.rs`), which serves anything
+/// past its `oversize_threshold` (8 MiB) from an arena that returns freed
+/// pages at once. The ceilings bench and the tests use glibc, where 33 MiB
+/// is above its largest dynamic mmap threshold (32 MiB): always a mapping
+/// of its own. argon2's own 19 MiB `Vec` is not: after the first free glibc
+/// raises its threshold and keeps freed blocks in per-thread arenas, up to
+/// 38 MiB each, which held a server at ~480 MB RSS after a password flood
+/// (before jemalloc). Only the `m_cost` blocks used are touched, so
+/// resident memory is 19 MiB a thread all the same.
 const RESERVED_BLOCKS: usize = 33 * 1024;
 
 /// argon2's working memory, kept by a hashing thread from one hash to the
