@@ -8,7 +8,7 @@
 //! thread. Here each transaction runs through rusqlite on a connection kept
 //! for this, under the process's write lock, like the refresh rotations'
 //! writer ([`super::rotation`]), and waits for another process's lock the
-//! same way: [`BUSY_WAIT`] at a time on this thread, the worker free
+//! same way ([`while_locked`]): 20 ms at a time on this thread, the worker free
 //! between tries. Measured in a password flood: the async workers' context
 //! switches went from 14.6 to 4.8 per login, sqlx's worker thread from 3.8 %
 //! of a core to none, and the hashing threads' share of the server's CPU
@@ -17,11 +17,10 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use super::rotation::{BUSY_WAIT, LOCKED_FOR};
+use super::rotation::{connection, while_locked};
 
 pub(super) struct DirectWriter {
     path: PathBuf,
@@ -41,40 +40,46 @@ impl DirectWriter {
     }
 
     /// Runs `work` in a transaction (`BEGIN IMMEDIATE`) and commits it if
-    /// `work` succeeded. Call it holding the process's write lock. A
-    /// transaction that meets another process's lock is tried again until
-    /// [`LOCKED_FOR`] has passed (so is opening the connection); `work` may
-    /// therefore run more than once, each time in a transaction of its own
-    /// that was rolled back.
+    /// `work` succeeded. Call it holding the process's write lock. Opening
+    /// the connection, and a transaction, that meet another process's lock
+    /// are tried again ([`while_locked`]); `work` may therefore run more
+    /// than once, each time in a transaction of its own that was rolled back.
     pub(super) async fn write<T>(
         &self,
-        mut work: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+        work: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let started = Instant::now();
-        let done = loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                    Some("the database is closing".into()),
-                ));
-            }
-            let tried = match super::rotation::connection(&mut conn, &self.path).await {
-                Ok(conn) => transaction(conn, &mut work),
-                Err(e) => Err(e),
-            };
-            match tried {
-                Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
-                    tokio::time::sleep(BUSY_WAIT).await;
-                }
-                done => break done,
-            }
-        };
+        let done = self.write_on(&mut conn, work).await;
         // A connection whose transaction failed is closed rather than kept.
         if done.is_ok() && !self.closed.load(Ordering::Acquire) {
             *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn;
         }
         done
+    }
+
+    async fn write_on<T>(
+        &self,
+        slot: &mut Option<Connection>,
+        mut work: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.open()?;
+        let conn = connection(slot, &self.path).await?;
+        while_locked(|| {
+            self.open()?;
+            transaction(conn, &mut work)
+        })
+        .await
+    }
+
+    /// Fails once [`DirectWriter::close`] was called.
+    fn open(&self) -> rusqlite::Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some("the database is closing".into()),
+            ));
+        }
+        Ok(())
     }
 
     /// No transaction runs any more and no connection is kept (the database

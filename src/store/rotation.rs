@@ -251,26 +251,14 @@ impl Writer {
 
 /// A writer's connection (this one's, and [`super::direct`]'s), opened if
 /// it is not yet; an open that meets another process's lock is tried again
-/// every [`BUSY_WAIT`], the worker free between tries, up to [`LOCKED_FOR`].
+/// ([`while_locked`]).
 pub(super) async fn connection<'c>(
     slot: &'c mut Option<Connection>,
     path: &std::path::Path,
 ) -> rusqlite::Result<&'c mut Connection> {
     match slot {
         Some(conn) => Ok(conn),
-        empty => {
-            let started = std::time::Instant::now();
-            let conn = loop {
-                match open_writer(path) {
-                    Ok(conn) => break conn,
-                    Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
-                        tokio::time::sleep(BUSY_WAIT).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            Ok(empty.insert(conn))
-        }
+        empty => Ok(empty.insert(while_locked(|| open_writer(path)).await?)),
     }
 }
 
@@ -305,9 +293,15 @@ pub(super) const BUSY_WAIT: Duration = Duration::from_millis(20);
 pub(super) const LOCKED_FOR: Duration = Duration::from_secs(10);
 
 async fn write_waiting(conn: &mut Connection, batch: &[Queued]) -> rusqlite::Result<Written> {
+    while_locked(|| write_batch(conn, batch)).await
+}
+
+/// Runs `attempt` again while it meets another process's lock: every
+/// [`BUSY_WAIT`], the worker free between tries, up to [`LOCKED_FOR`].
+pub(super) async fn while_locked<T>(mut attempt: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let started = std::time::Instant::now();
     loop {
-        match write_batch(conn, batch) {
+        match attempt() {
             Err(e) if super::reader::is_locked(&e) && started.elapsed() < LOCKED_FOR => {
                 tokio::time::sleep(BUSY_WAIT).await;
             }
