@@ -21,6 +21,7 @@ use crate::http::admin::AdminApi;
 use crate::http::body::limit_body;
 use crate::http::discovery::{DiscoveryApi, ProviderMetadata};
 use crate::http::headers::HeaderPolicy;
+use crate::http::idle::IdleAcceptor;
 use crate::http::oauth2::OAuth2Api;
 use crate::http::ops::OpsApi;
 use crate::http::session::SessionApi;
@@ -229,6 +230,9 @@ async fn respond(
     resp
 }
 
+/// A connection with no read or write for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// An id for a request that brought none. Ids are unique, not secret (they
@@ -361,8 +365,8 @@ impl Application {
             local = ?self.acceptor.local_addr(),
             "gatehouse listening"
         );
-        let result = Server::new_with_acceptor(self.acceptor)
-            .idle_timeout(Duration::from_secs(60))
+        let acceptor = IdleAcceptor::new(self.acceptor, IDLE_TIMEOUT);
+        let result = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(routes(self.state.clone()), signal, Some(Duration::from_secs(20)))
             .await;
         reloader.abort();

@@ -7,6 +7,7 @@ pub mod body;
 pub mod cookies;
 pub mod discovery;
 pub mod headers;
+pub mod idle;
 pub mod limits;
 pub mod oauth2;
 pub mod ops;
