@@ -13,7 +13,6 @@ use poem::http::{HeaderName, HeaderValue, StatusCode};
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
-use tracing::Instrument;
 
 use crate::config::{ConfigError, Settings};
 use crate::http::accounts::AccountsApi;
@@ -28,6 +27,7 @@ use crate::http::session::SessionApi;
 use crate::keys::{KeyFileError, KeyRing};
 use crate::password::Hasher;
 use crate::store::Db;
+use crate::telemetry::request;
 
 pub struct StateInner {
     pub settings: Settings,
@@ -179,12 +179,11 @@ async fn respond(
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
+        .map(Arc::<str>::from)
+        .unwrap_or_else(|| new_request_id().into());
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let span = tracing::info_span!("request", request_id = request_id.as_str());
     // Only the Origin is needed afterwards (CORS), not the whole header map.
     let origin = req.headers().get(poem::http::header::ORIGIN).cloned();
     let mut resp = match policy.preflight(&req) {
@@ -192,7 +191,7 @@ async fn respond(
         // Reading the body counts against the deadline too (slow uploads).
         None => match tokio::time::timeout(policy.request_timeout, async {
             match limit_body(req).await {
-                Ok(req) => ep.call(req).instrument(span).await,
+                Ok(req) => request::serve(request_id.clone(), ep.call(req)).await,
                 Err(status) => Err(poem::Error::from_status(status)),
             }
         })
@@ -220,7 +219,7 @@ async fn respond(
     metrics.observe_request(&route, &method, status, elapsed);
     // Plain `str` values: recorded as they are, without the `fmt` machinery.
     tracing::info!(
-        request_id = request_id.as_str(),
+        request_id = &*request_id,
         method = method.as_str(),
         route = &*route,
         status,

@@ -48,17 +48,30 @@ struct Job {
     password: SecretString,
     work: Work,
     span: tracing::Span,
+    request: Option<Arc<str>>,
 }
 
 impl Job {
     fn run(self, memory: &mut Memory) {
-        let _entered = self.span.enter();
-        match self.work {
+        let Job {
+            password,
+            work,
+            span,
+            request,
+        } = self;
+        let _entered = span.enter();
+        crate::telemetry::request::run_for(request, || work.run(&password, memory));
+    }
+}
+
+impl Work {
+    fn run(self, password: &SecretString, memory: &mut Memory) {
+        match self {
             Work::Hash(answer) if !answer.is_closed() => {
-                let _ = answer.send(hash_in(memory, &self.password));
+                let _ = answer.send(hash_in(memory, password));
             }
             Work::Verify(stored, answer) if !answer.is_closed() => {
-                let _ = answer.send(verify_in(memory, &self.password, &stored));
+                let _ = answer.send(verify_in(memory, password, &stored));
             }
             // Nobody waits for this one any more.
             _ => {}
@@ -121,8 +134,14 @@ impl Hasher {
 
     fn queue(&self, password: SecretString, work: Work) -> anyhow::Result<()> {
         let span = tracing::Span::current();
+        let request = crate::telemetry::request::current();
         self.jobs
-            .send(Job { password, work, span })
+            .send(Job {
+                password,
+                work,
+                span,
+                request,
+            })
             .map_err(|_| anyhow::anyhow!("hasher closed"))
     }
 

@@ -23,6 +23,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 mod json;
+mod pretty;
+pub mod request;
 
 /// How long a line may wait in the buffer.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -71,7 +73,7 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_env_filter(filter)
         .with_writer(batch.clone());
     let installed = match format {
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.event_format(pretty::PrettyLines::default()).try_init(),
         // As `.json()` did: no colour codes, whatever the terminal.
         LogFormat::Json => builder
             .with_ansi(false)

@@ -2,7 +2,8 @@
 //!
 //! The same lines as tracing-subscriber's own JSON format with
 //! `flatten_event(true)`: `timestamp`, `level`, the event's fields, `target`,
-//! and, inside a span, `span` (the current one) and `spans` (root first).
+//! and, inside a span, `span` (the current one) and `spans` (root first),
+//! where a request being served ([`super::request`]) is the outermost span.
 //! That format sends every value through serde into a map, checks each
 //! chunk it writes for UTF-8, and keeps a span's fields as a JSON object
 //! that it parses again for every line logged inside the span: about a
@@ -52,21 +53,26 @@ where
             .parent()
             .and_then(|id| ctx.span(id))
             .or_else(|| ctx.lookup_current());
-        if let Some(span) = current {
+        let leaf = ctx.lookup_current();
+        let request = super::request::with_id(|id| -> fmt::Result {
             writer.write_str(",\"span\":")?;
-            span_object(&mut writer, &span)?;
-            // Like tracing-subscriber: the entered spans, whatever the
-            // event's explicit parent.
-            writer.write_str(",\"spans\":[")?;
-            if let Some(leaf) = ctx.lookup_current() {
-                for (n, span) in leaf.scope().from_root().enumerate() {
-                    if n > 0 {
-                        writer.write_char(',')?;
-                    }
-                    span_object(&mut writer, &span)?;
-                }
+            match &current {
+                Some(span) => span_object(&mut writer, span)?,
+                None => request_object(&mut writer, id)?,
             }
-            writer.write_char(']')?;
+            writer.write_str(",\"spans\":[")?;
+            request_object(&mut writer, id)?;
+            spans(&mut writer, leaf.as_ref(), true)
+        });
+        match (request, current) {
+            (Some(written), _) => written?,
+            (None, Some(span)) => {
+                writer.write_str(",\"span\":")?;
+                span_object(&mut writer, &span)?;
+                writer.write_str(",\"spans\":[")?;
+                spans(&mut writer, leaf.as_ref(), false)?;
+            }
+            (None, None) => {}
         }
         writer.write_str("}\n")
     }
@@ -120,6 +126,31 @@ fn timestamp(out: &mut Writer<'_>) -> fmt::Result {
     });
     // This thread is being torn down.
     written.unwrap_or_else(|_| SystemTime.format_time(out))
+}
+
+/// The entered spans from the root, each after a comma if `after`, and the
+/// closing `]`. Like tracing-subscriber: the entered spans, whatever the
+/// event's explicit parent.
+fn spans<S>(out: &mut Writer<'_>, leaf: Option<&SpanRef<'_, S>>, after: bool) -> fmt::Result
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    if let Some(leaf) = leaf {
+        for (n, span) in leaf.scope().from_root().enumerate() {
+            if after || n > 0 {
+                out.write_char(',')?;
+            }
+            span_object(out, &span)?;
+        }
+    }
+    out.write_char(']')
+}
+
+/// The request being served, as the outermost span: `{"request_id":…,"name":"request"}`.
+fn request_object(out: &mut Writer<'_>, id: &str) -> fmt::Result {
+    out.write_str("{\"request_id\":")?;
+    string(out, id)?;
+    out.write_str(",\"name\":\"request\"}")
 }
 
 /// `{fields…,"name":"…"}` for one span.
@@ -353,6 +384,49 @@ mod tests {
             }
         }
         panic!("our timestamps and tracing-subscriber's disagree");
+    }
+
+    /// A line logged while a request is served reads as if inside a span
+    /// `request` with the field `request_id`, as it was when that was a span.
+    #[test]
+    fn a_request_reads_as_the_outermost_span() {
+        fn log(in_request: bool) {
+            let request = in_request.then(|| info_span!("request", request_id = "r-1"));
+            let _request = request.as_ref().map(|span| span.enter());
+            info!(n = 1, "plain");
+            let inner = info_span!("inner", client_id = "c");
+            inner.in_scope(|| warn!(n = 2, "nested"));
+        }
+        let ours = Buffer::default();
+        let theirs = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(ours.clone())
+            .fmt_fields(JsonFieldList)
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            super::super::request::run_for(Some("r-1".into()), || log(false))
+        });
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(theirs.clone())
+            .json()
+            .flatten_event(true)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log(true));
+        let (ours, theirs) = (ours.lines(), theirs.lines());
+        assert_eq!(ours.len(), 2);
+        for (mine, reference) in ours.iter().zip(&theirs) {
+            assert_eq!(
+                without_timestamp(mine).0,
+                without_timestamp(reference).0,
+                "\n ours: {mine}\n theirs: {reference}"
+            );
+        }
+        assert!(
+            ours[0].contains(r#""span":{"request_id":"r-1","name":"request"}"#),
+            "{}",
+            ours[0]
+        );
     }
 
     #[test]
