@@ -386,6 +386,30 @@ mod tests {
         panic!("our timestamps and tracing-subscriber's disagree");
     }
 
+    /// The lines `log` logs in our format.
+    fn ours(log: impl FnOnce()) -> Vec<String> {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .fmt_fields(JsonFieldList)
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        buffer.lines()
+    }
+
+    /// The lines `log` logs in tracing-subscriber's JSON format.
+    fn theirs(log: impl FnOnce()) -> Vec<String> {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .json()
+            .flatten_event(true)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        buffer.lines()
+    }
+
     /// A line logged while a request is served reads as if inside a span
     /// `request` with the field `request_id`, as it was when that was a span.
     #[test]
@@ -397,23 +421,8 @@ mod tests {
             let inner = info_span!("inner", client_id = "c");
             inner.in_scope(|| warn!(n = 2, "nested"));
         }
-        let ours = Buffer::default();
-        let theirs = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(ours.clone())
-            .fmt_fields(JsonFieldList)
-            .event_format(JsonLines)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            super::super::request::run_for(Some("r-1".into()), || log(false))
-        });
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(theirs.clone())
-            .json()
-            .flatten_event(true)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || log(true));
-        let (ours, theirs) = (ours.lines(), theirs.lines());
+        let ours = ours(|| super::super::request::run_for(Some("r-1".into()), || log(false)));
+        let theirs = theirs(|| log(true));
         assert_eq!(ours.len(), 2);
         for (mine, reference) in ours.iter().zip(&theirs) {
             assert_eq!(
@@ -431,22 +440,7 @@ mod tests {
 
     #[test]
     fn lines_say_what_tracing_subscribers_json_lines_say() {
-        let ours = Buffer::default();
-        let theirs = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(ours.clone())
-            .fmt_fields(JsonFieldList)
-            .event_format(JsonLines)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log_everything);
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(theirs.clone())
-            .json()
-            .flatten_event(true)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log_everything);
-
-        let (ours, theirs) = (ours.lines(), theirs.lines());
+        let (ours, theirs) = (ours(log_everything), theirs(log_everything));
         assert_eq!(ours.len(), 6);
         assert_eq!(ours.len(), theirs.len());
         for (mine, reference) in ours.iter().zip(&theirs) {
