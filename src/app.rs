@@ -229,8 +229,16 @@ async fn respond(
     resp
 }
 
-/// A connection with no read or write for this long is closed.
+/// A connection with no read or write for this long is closed, unless the
+/// request timeout is longer.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection may sit idle. A request still running when its
+/// connection times out would be dropped unanswered; every request ends (if
+/// need be with a 503) within the request timeout, so this is longer.
+fn idle_timeout(request_timeout: Duration) -> Duration {
+    IDLE_TIMEOUT.max(request_timeout.saturating_add(Duration::from_secs(5)))
+}
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -364,7 +372,8 @@ impl Application {
             local = ?self.acceptor.local_addr(),
             "gatehouse listening"
         );
-        let acceptor = IdleAcceptor::new(self.acceptor, IDLE_TIMEOUT);
+        let request_timeout = Duration::from_secs(self.state.settings.request_timeout.unsigned_abs());
+        let acceptor = IdleAcceptor::new(self.acceptor, idle_timeout(request_timeout));
         let result = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(routes(self.state.clone()), signal, Some(Duration::from_secs(20)))
             .await;
@@ -447,4 +456,16 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_outlives_its_longest_request() {
+        assert_eq!(idle_timeout(Duration::from_secs(30)), IDLE_TIMEOUT);
+        assert_eq!(idle_timeout(Duration::from_secs(120)), Duration::from_secs(125));
+        assert_eq!(idle_timeout(Duration::MAX), Duration::MAX);
+    }
 }

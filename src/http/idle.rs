@@ -5,11 +5,18 @@
 //! time: task wake-ups and timer operations on every request, 2–4 µs of
 //! the 40 µs a JWKS answer cost the server. Here a connection notes the
 //! time of its last successful read or write, and its one timer is checked
-//! only while the connection waits for the client anyway; when it fires
-//! early (there was activity since it was set) it is set again for the new
-//! deadline. A connection idle for the whole timeout reads end of stream,
-//! so hyper closes it; one whose client has stopped reading an answer
-//! fails its write with `TimedOut`.
+//! only when a read or a write has to wait; when it fires early (there was
+//! activity since it was set) it is set again for the new deadline.
+//!
+//! A connection with no read or write for the whole timeout reads end of
+//! stream, and one whose client has stopped reading an answer fails its
+//! write with `TimedOut`; hyper then drops the connection. hyper watches
+//! the read side while a handler runs too, so a request in flight that long
+//! would be dropped with it: the timeout must be longer than any request
+//! may take (see `Application::run_until`). The timer keeps one waker, that of the
+//! last read or write that waited, which is enough for hyper's one task per
+//! connection; flush and shutdown do not check it (a TCP stream's never
+//! wait).
 
 use std::future::Future;
 use std::io;
@@ -60,6 +67,8 @@ pub struct IdleIo<T> {
 
 impl<T> IdleIo<T> {
     pub fn new(inner: T, timeout: Duration) -> IdleIo<T> {
+        // Far enough to mean never, near enough to add to an instant.
+        let timeout = timeout.min(Duration::from_secs(100 * 365 * 24 * 3600));
         let now = Instant::now();
         IdleIo {
             inner,
@@ -190,6 +199,16 @@ mod tests {
         assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 0, "idle at last");
         assert!(about(last_read.elapsed(), TIMEOUT), "{:?}", last_read.elapsed());
         drop(talker.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_too_long_to_add_to_an_instant_means_never() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = IdleIo::new(server, Duration::MAX);
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 1);
+        let waiting = tokio::time::timeout(TIMEOUT, server.read(&mut [0u8; 8])).await;
+        assert!(waiting.is_err(), "still open");
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The request a line is logged for.
 //!
-//! Every line logged while a request is served names it: in JSON as the
+//! Every line logged while its endpoint runs names it: in JSON as the
 //! outermost span, `{"request_id":…,"name":"request"}`, as a `request` span
 //! did before; in the pretty format as a last field, `request_id=…`. The id
 //! is a task-local value rather than a tracing span: creating, entering and
