@@ -284,42 +284,10 @@ impl<W: fmt::Write + ?Sized> fmt::Write for Escaped<'_, W> {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
     use tracing::{info, info_span, warn};
-    use tracing_subscriber::fmt::MakeWriter;
 
+    use super::super::testing::Buffer;
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-
-        fn make_writer(&'a self) -> Buffer {
-            self.clone()
-        }
-    }
-
-    impl Buffer {
-        fn lines(&self) -> Vec<String> {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines().map(str::to_owned).collect()
-        }
-    }
 
     /// Events of every shape: each kind of value, awkward text, nested
     /// spans, a field recorded late, an explicit parent.
@@ -340,7 +308,7 @@ mod tests {
             "formatted {} {text:?}",
             42
         );
-        let error = io::Error::other("boom \"quoted\"");
+        let error = std::io::Error::other("boom \"quoted\"");
         let outer = info_span!("outer", a = "1", n = 3);
         let _outer = outer.enter();
         info!("in one span");

@@ -48,3 +48,52 @@ where
         writeln!(writer, "{line} request_id={id}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing::{info, info_span};
+
+    use super::*;
+    use crate::telemetry::testing::Buffer;
+
+    /// The lines `log` logs through `format`, without their timestamps.
+    fn lines<F>(format: F, log: impl FnOnce()) -> Vec<String>
+    where
+        F: FormatEvent<tracing_subscriber::Registry, tracing_subscriber::fmt::format::DefaultFields>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .event_format(format)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let lines = buffer.lines();
+        // Past the timestamp, which differs between runs.
+        lines
+            .iter()
+            .map(|l| l.split_once(' ').unwrap().1.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_line_logged_for_a_request_ends_with_its_id_and_is_otherwise_tracing_subscribers() {
+        let log = || {
+            info!(n = 1, "plain");
+            info_span!("inner", client_id = "c").in_scope(|| info!("nested"));
+        };
+        let theirs = lines(Format::default().with_ansi(false), log);
+        let ours = lines(PrettyLines::default(), log);
+        assert_eq!(ours, theirs, "outside a request, the same lines");
+        let served = lines(PrettyLines::default(), || {
+            crate::telemetry::request::run_for(Some("r-1".into()), log)
+        });
+        assert_eq!(served.len(), 2);
+        for (mine, reference) in served.iter().zip(&theirs) {
+            assert_eq!(mine, &format!("{reference} request_id=r-1"));
+        }
+    }
+}
