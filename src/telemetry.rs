@@ -247,6 +247,17 @@ mod testing {
             text.lines().map(str::to_owned).collect()
         }
     }
+
+    /// The lines `log` logs under the subscriber `subscriber` builds around
+    /// a buffer.
+    pub fn capture<S>(subscriber: impl FnOnce(Buffer) -> S, log: impl FnOnce()) -> Vec<String>
+    where
+        S: tracing::Subscriber + Send + Sync + 'static,
+    {
+        let buffer = Buffer::default();
+        tracing::subscriber::with_default(subscriber(buffer.clone()), log);
+        buffer.lines()
+    }
 }
 
 #[cfg(test)]

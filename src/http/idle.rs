@@ -13,7 +13,7 @@
 //! write with `TimedOut`; hyper then drops the connection. hyper watches
 //! the read side while a handler runs too, so a request in flight that long
 //! would be dropped with it: the timeout must be longer than any request
-//! may take (see `Application::run_until`). The timer keeps one waker, that of the
+//! may take (see `app::idle_timeout`). The timer keeps one waker, that of the
 //! last read or write that waited, which is enough for hyper's one task per
 //! connection; flush and shutdown do not check it (a TCP stream's never
 //! wait).

@@ -286,7 +286,7 @@ impl<W: fmt::Write + ?Sized> fmt::Write for Escaped<'_, W> {
 mod tests {
     use tracing::{info, info_span, warn};
 
-    use super::super::testing::Buffer;
+    use super::super::testing::capture;
     use super::*;
 
     /// Events of every shape: each kind of value, awkward text, nested
@@ -356,26 +356,26 @@ mod tests {
 
     /// The lines `log` logs in our format.
     fn ours(log: impl FnOnce()) -> Vec<String> {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
-            .fmt_fields(JsonFieldList)
-            .event_format(JsonLines)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log);
-        buffer.lines()
+        let subscriber = |buffer| {
+            tracing_subscriber::fmt()
+                .with_writer(buffer)
+                .fmt_fields(JsonFieldList)
+                .event_format(JsonLines)
+                .finish()
+        };
+        capture(subscriber, log)
     }
 
     /// The lines `log` logs in tracing-subscriber's JSON format.
     fn theirs(log: impl FnOnce()) -> Vec<String> {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
-            .json()
-            .flatten_event(true)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log);
-        buffer.lines()
+        let subscriber = |buffer| {
+            tracing_subscriber::fmt()
+                .with_writer(buffer)
+                .json()
+                .flatten_event(true)
+                .finish()
+        };
+        capture(subscriber, log)
     }
 
     /// A line logged while a request is served reads as if inside a span

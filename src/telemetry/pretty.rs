@@ -54,7 +54,7 @@ mod tests {
     use tracing::{info, info_span};
 
     use super::*;
-    use crate::telemetry::testing::Buffer;
+    use crate::telemetry::testing::capture;
 
     /// The lines `log` logs through `format`, without their timestamps.
     fn lines<F>(format: F, log: impl FnOnce()) -> Vec<String>
@@ -64,16 +64,15 @@ mod tests {
             + Sync
             + 'static,
     {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
-            .with_ansi(false)
-            .event_format(format)
-            .finish();
-        tracing::subscriber::with_default(subscriber, log);
-        let lines = buffer.lines();
+        let subscriber = |buffer| {
+            tracing_subscriber::fmt()
+                .with_writer(buffer)
+                .with_ansi(false)
+                .event_format(format)
+                .finish()
+        };
         // Past the timestamp, which differs between runs.
-        lines
+        capture(subscriber, log)
             .iter()
             .map(|l| l.split_once(' ').unwrap().1.to_owned())
             .collect()
