@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::error::Error;
 use crate::password::Verdict;
 use crate::store::login_attempt::{
-    LoginGate, begin_login_attempt, begin_login_attempt_direct, clear_login_attempts,
+    LoginGate, begin_login_attempt_direct, begin_login_attempt_with_user, clear_login_attempts,
 };
 use crate::store::user::{UserRow, find_login_user, update_user_password_hash};
 use crate::tokens::TokenDigest;
@@ -53,10 +53,10 @@ pub async fn verify_login(
     let lookup = crate::domain::normalise_username(username);
     // The attempt counts as a failure until it succeeds.
     let attempt = TokenDigest::of(&lookup);
-    // The attempt on this thread on an SQLite file (`Db::direct_write`),
-    // else on a lane (a pooled connection costs one more trip, a ping, when
-    // it is given back); the user through the reader on SQLite, on a lane
-    // on PostgreSQL.
+    // On an SQLite file the attempt on this thread (`Db::direct_write`) and
+    // the user through the reader; else both on one lane (a pooled
+    // connection costs one more trip, a ping, when it is given back), on
+    // PostgreSQL in one statement.
     let after = state.settings.login_backoff_after;
     let direct = state
         .db
@@ -64,23 +64,33 @@ pub async fn verify_login(
             begin_login_attempt_direct(tx, &attempt, now, after)
         })
         .await;
-    let gate = match direct {
-        Some(gate) => gate?,
+    let email = (lookup.len() <= 254).then_some(lookup.as_str());
+    let (gate, user) = match direct {
+        Some(gate) => {
+            let gate = gate?;
+            let user = match email {
+                Some(email) => find_login_user(&state.db, email).await?,
+                None => None,
+            };
+            (gate, user)
+        }
         None => {
             let _writer = state.db.writer().await;
             let mut lane = state.db.lane().await?;
-            let gate = state
+            let counted = state
                 .db
-                .bounded(begin_login_attempt(lane.conn(), &attempt, now, after))
+                .bounded(begin_login_attempt_with_user(
+                    lane.conn(),
+                    state.db.backend(),
+                    &attempt,
+                    email,
+                    now,
+                    after,
+                ))
                 .await?;
             lane.release();
-            gate
+            counted
         }
-    };
-    let user = if lookup.len() <= 254 {
-        find_login_user(&state.db, &lookup).await?
-    } else {
-        None
     };
     // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
     let password = crate::domain::normalise_password(password.expose_secret());

@@ -13,8 +13,9 @@
 //! decides how long an account stays closed.
 
 use anyhow::Context;
-use sqlx::{Any, Executor};
+use sqlx::{Any, Executor, FromRow, Row};
 
+use super::user::UserRow;
 use crate::tokens::TokenDigest;
 
 /// The first back-off. Instants are whole seconds and an attempt is refused
@@ -111,17 +112,83 @@ pub async fn begin_login_attempt(
         .context("count login attempt")?;
     match counted {
         Some((failures,)) => Ok(open_gate(failures, backoff_after)),
-        None => {
-            let (until,): (i64,) = sqlx::query_as(BLOCKED_UNTIL)
-                .bind(username.as_bytes().to_vec())
-                .fetch_optional(conn)
-                .await
-                .context("read login back-off")?
-                .unwrap_or((now + 1,));
-            Ok(LoginGate::BackedOff { until })
-        }
+        None => backed_off(conn, username, now).await,
     }
 }
+
+/// The gate of a username whose attempt was refused: backed off until the
+/// row says (a row gone meanwhile: for a second).
+async fn backed_off(
+    conn: &mut sqlx::AnyConnection,
+    username: &TokenDigest,
+    now: i64,
+) -> anyhow::Result<LoginGate> {
+    let (until,): (i64,) = sqlx::query_as(BLOCKED_UNTIL)
+        .bind(username.as_bytes().to_vec())
+        .fetch_optional(conn)
+        .await
+        .context("read login back-off")?
+        .unwrap_or((now + 1,));
+    Ok(LoginGate::BackedOff { until })
+}
+
+/// [`begin_login_attempt`] and the lookup of the user `email_lower` names
+/// (none: no lookup) on one connection. On PostgreSQL one statement does
+/// both (one round trip fewer for every login); SQLite cannot put an
+/// `insert` in a `with`, so there they are two.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn begin_login_attempt_with_user(
+    conn: &mut sqlx::AnyConnection,
+    backend: super::Backend,
+    username: &TokenDigest,
+    email_lower: Option<&str>,
+    now: i64,
+    backoff_after: u32,
+) -> anyhow::Result<(LoginGate, Option<UserRow>)> {
+    if backend == super::Backend::Sqlite {
+        let gate = begin_login_attempt(&mut *conn, username, now, backoff_after).await?;
+        let user = match email_lower {
+            Some(email) => super::user::find_user_by_email(conn, email).await?,
+            None => None,
+        };
+        return Ok((gate, user));
+    }
+    let [p2, p3, p4, p5, p6, p7, p8] = attempt_parameters(now, backoff_after);
+    let row = sqlx::query(&BEGIN_ATTEMPT_WITH_USER)
+        .bind(username.as_bytes().to_vec())
+        .bind(p2)
+        .bind(p3)
+        .bind(p4)
+        .bind(p5)
+        .bind(p6)
+        .bind(p7)
+        .bind(p8)
+        .bind(email_lower.map(str::to_owned))
+        .fetch_one(&mut *conn)
+        .await
+        .context("count login attempt")?;
+    let user = match row.try_get::<Option<String>, _>("id")? {
+        Some(_) => Some(UserRow::from_row(&row)?),
+        None => None,
+    };
+    let gate = match row.try_get::<Option<i64>, _>("counted_failures")? {
+        Some(failures) => open_gate(failures, backoff_after),
+        None => backed_off(conn, username, now).await?,
+    };
+    Ok((gate, user))
+}
+
+/// [`BEGIN_ATTEMPT`] and the user with `email_lower = $9` (a row of nulls
+/// for none), for PostgreSQL. The count is null for a backed-off username.
+static BEGIN_ATTEMPT_WITH_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with counted as ({}) \
+         select (select failures from counted) as counted_failures, {} \
+         from (select 1) as one left join user_account u on u.email_lower = $9",
+        *BEGIN_ATTEMPT,
+        super::user::qualified_columns("u"),
+    )
+});
 
 /// [`begin_login_attempt`] in a transaction of [`super::Db::direct_write`].
 pub fn begin_login_attempt_direct(
@@ -224,13 +291,32 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let db = crate::store::Db::connect(&crate::store::test_database(dir.path()).await?).await?;
         db.migrate().await?;
-        // On an SQLite file, through sqlx and through rusqlite on this thread.
-        let paths: &[bool] = match db.backend() {
-            crate::store::Backend::Sqlite => &[false, true],
-            crate::store::Backend::Postgres => &[false],
+        // Through sqlx, with the user lookup (one statement on PostgreSQL),
+        // and on an SQLite file through rusqlite on this thread.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Path {
+            Sqlx,
+            WithUser,
+            Direct,
+        }
+        let paths: &[Path] = match db.backend() {
+            crate::store::Backend::Sqlite => &[Path::Sqlx, Path::WithUser, Path::Direct],
+            crate::store::Backend::Postgres => &[Path::Sqlx, Path::WithUser],
         };
-        for (&direct, after) in paths.iter().flat_map(|d| [(d, 1), (d, 2), (d, 5)]) {
-            let user = TokenDigest::of(&format!("user-{after}-{direct}@example.com"));
+        let account = UserRow {
+            id: "u-attempts".into(),
+            email: "Someone@example.com".into(),
+            email_lower: "someone@example.com".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+            name: None,
+            roles: String::new(),
+            email_verified_at: None,
+            disabled_at: None,
+            created_at: 0,
+        };
+        assert!(super::super::user::insert_user(db.pool(), &account).await?);
+        for (&path, after) in paths.iter().flat_map(|d| [(d, 1), (d, 2), (d, 5)]) {
+            let user = TokenDigest::of(&format!("user-{after}-{path:?}@example.com"));
             // (failures, last_attempt_at, blocked_until), as the module doc says.
             let mut model: Option<(i64, i64, i64)> = None;
             let mut now = 1_000_000;
@@ -277,21 +363,39 @@ mod tests {
                         LoginGate::Open { failures, backoff }
                     }
                 };
-                let gate = if direct {
-                    db.direct_write("count", |tx| begin_login_attempt_direct(tx, &user, now, after))
+                let gate = match path {
+                    Path::Direct => db
+                        .direct_write("count", |tx| begin_login_attempt_direct(tx, &user, now, after))
                         .await
-                        .context("an SQLite file takes direct writes")??
-                } else {
-                    begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, after).await?
+                        .context("an SQLite file takes direct writes")??,
+                    Path::Sqlx => {
+                        begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, after).await?
+                    }
+                    Path::WithUser => {
+                        // The account, an unknown address and no lookup, in turn.
+                        let email = ["someone@example.com", "nobody@example.com", ""][(now % 3) as usize];
+                        let (gate, found) = begin_login_attempt_with_user(
+                            &mut *db.pool().acquire().await?,
+                            db.backend(),
+                            &user,
+                            (!email.is_empty()).then_some(email),
+                            now,
+                            after,
+                        )
+                        .await?;
+                        let expected = (email == account.email_lower).then_some(account.id.as_str());
+                        assert_eq!(found.as_ref().map(|u| u.id.as_str()), expected, "at {now}");
+                        gate
+                    }
                 };
-                assert_eq!(gate, expected, "after {after}, at {now}, direct: {direct}");
+                assert_eq!(gate, expected, "after {after}, at {now}, path: {path:?}");
                 let row: (i64, i64, i64) = sqlx::query_as(
                     "select failures, last_attempt_at, blocked_until from login_attempt where username_digest = $1",
                 )
                 .bind(user.as_bytes().to_vec())
                 .fetch_one(db.pool())
                 .await?;
-                assert_eq!(Some(row), model, "after {after}, at {now}, direct: {direct}");
+                assert_eq!(Some(row), model, "after {after}, at {now}, path: {path:?}");
             }
         }
         db.close().await;
