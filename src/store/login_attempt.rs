@@ -97,21 +97,12 @@ pub async fn begin_login_attempt(
     now: i64,
     backoff_after: u32,
 ) -> anyhow::Result<LoginGate> {
-    let [p2, p3, p4, p5, p6, p7, p8] = attempt_parameters(now, backoff_after);
-    let counted: Option<(i64,)> = sqlx::query_as(&BEGIN_ATTEMPT)
-        .bind(username.as_bytes().to_vec())
-        .bind(p2)
-        .bind(p3)
-        .bind(p4)
-        .bind(p5)
-        .bind(p6)
-        .bind(p7)
-        .bind(p8)
+    let counted = attempt_query(&BEGIN_ATTEMPT, username, now, backoff_after)
         .fetch_optional(&mut *conn)
         .await
         .context("count login attempt")?;
-    match counted {
-        Some((failures,)) => Ok(open_gate(failures, backoff_after)),
+    match counted.map(|row| row.try_get::<i64, _>(0)).transpose()? {
+        Some(failures) => Ok(open_gate(failures, backoff_after)),
         None => backed_off(conn, username, now).await,
     }
 }
@@ -153,16 +144,7 @@ pub async fn begin_login_attempt_with_user(
         };
         return Ok((gate, user));
     }
-    let [p2, p3, p4, p5, p6, p7, p8] = attempt_parameters(now, backoff_after);
-    let row = sqlx::query(&BEGIN_ATTEMPT_WITH_USER)
-        .bind(username.as_bytes().to_vec())
-        .bind(p2)
-        .bind(p3)
-        .bind(p4)
-        .bind(p5)
-        .bind(p6)
-        .bind(p7)
-        .bind(p8)
+    let row = attempt_query(&BEGIN_ATTEMPT_WITH_USER, username, now, backoff_after)
         .bind(email_lower.map(str::to_owned))
         .fetch_one(&mut *conn)
         .await
@@ -222,6 +204,20 @@ pub fn begin_login_attempt_direct(
             Ok(LoginGate::BackedOff { until })
         }
     }
+}
+
+/// `sql`, which starts with [`BEGIN_ATTEMPT`], with that statement's
+/// parameters `$1` to `$8` bound.
+fn attempt_query<'q>(
+    sql: &'q str,
+    username: &TokenDigest,
+    now: i64,
+    backoff_after: u32,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    let query = sqlx::query(sql).bind(username.as_bytes().to_vec());
+    attempt_parameters(now, backoff_after)
+        .into_iter()
+        .fold(query, |query, parameter| query.bind(parameter))
 }
 
 /// [`BEGIN_ATTEMPT`]'s parameters after the username: `$2` to `$8`.
