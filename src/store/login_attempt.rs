@@ -126,7 +126,8 @@ async fn backed_off(
 /// [`begin_login_attempt`] and the lookup of the user `email_lower` names
 /// (none: no lookup) on one connection. On PostgreSQL one statement does
 /// both (one round trip fewer for every login); SQLite cannot put an
-/// `insert` in a `with`, so there they are two.
+/// `insert` in a `with`, so there they are two, to run under
+/// [`super::Db::writer`] as [`begin_login_attempt`] says.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn begin_login_attempt_with_user(
     conn: &mut sqlx::AnyConnection,
