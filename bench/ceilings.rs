@@ -6,11 +6,11 @@
 //! `cargo bench --bench ceilings` (release profile); `BENCH_SECONDS` sets the
 //! duration of each measurement (default 3). `BENCH_ONLY=rs256_2t` or
 //! `BENCH_ONLY=argon2_2t` measures only that one (the ceilings measured
-//! between a workload's rounds).
+//! between a workload's slices).
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use gatehouse::keys::SigningKey;
@@ -18,15 +18,20 @@ use gatehouse::password::Memory;
 use gatehouse::tokens::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Audience, encode};
 use secrecy::SecretString;
 
+/// Runs `work` on `threads` threads for `seconds`; each thread's first run
+/// (its argon2 memory faulted in, the key's tables cold) is not timed: the
+/// bench measures a ceiling for only a second between two slices of load.
 fn per_second(threads: usize, seconds: f64, work: impl Fn() + Send + Sync + 'static) -> f64 {
     let work = Arc::new(work);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let warm = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (work, stop, done) = (work.clone(), stop.clone(), done.clone());
+            let (work, stop, done, warm) = (work.clone(), stop.clone(), done.clone(), warm.clone());
             std::thread::spawn(move || {
+                work();
+                warm.wait();
                 while !stop.load(Ordering::Relaxed) {
                     work();
                     done.fetch_add(1, Ordering::Relaxed);
@@ -34,6 +39,8 @@ fn per_second(threads: usize, seconds: f64, work: impl Fn() + Send + Sync + 'sta
             })
         })
         .collect();
+    warm.wait();
+    let started = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::Relaxed);
     for h in handles {

@@ -8,12 +8,23 @@
 //! load --url http://127.0.0.1:8080 --workload jwks [--connections 32]
 //!      [--duration 10] [--warmup 2] [--client ID:SECRET] [--users FILE]
 //!      [--pid SERVER_PID] [--jwks-rate 200]
+//!      [--slices 1] [--settle 0.2] [--between 'SHELL COMMAND']
 //! ```
 //! Workloads: trivial (GET /), jwks, discovery, client_credentials, password,
 //! refresh, introspect, userinfo, password+jwks. `--users` is a file of
 //! `email password` lines. Prints one JSON object per workload on stdout.
 //! With `--pid`, `password` and `password+jwks` also report the server's peak
 //! RSS while they ran (the kernel's high-water mark, reset first).
+//!
+//! With `--slices N`, the workload runs in N slices of `--duration` seconds
+//! each, and between them its connections stand idle (each finishes the
+//! request it has out) while `--between` runs: the bench measures the
+//! workload's ceiling there, before the first slice, between each two and
+//! after the last. Its last line of output is kept as JSON (`between`), and
+//! each slice's rate (`slices`), so that each slice compares with the
+//! ceilings measured just before and after it. The first slice follows
+//! `--warmup`, the others `--settle` (the pipeline filling again); the
+//! connections, and the refresh chains, carry on from slice to slice.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -36,6 +47,9 @@ struct Options {
     users: Vec<(String, String)>,
     pid: Option<u32>,
     jwks_rate: f64,
+    slices: usize,
+    settle: Duration,
+    between: Option<String>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -50,6 +64,9 @@ fn options() -> anyhow::Result<Options> {
         users: Vec::new(),
         pid: None,
         jwks_rate: 200.0,
+        slices: 1,
+        settle: Duration::from_millis(200),
+        between: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -81,6 +98,9 @@ fn options() -> anyhow::Result<Options> {
             }
             "--pid" => o.pid = Some(value.parse()?),
             "--jwks-rate" => o.jwks_rate = value.parse()?,
+            "--slices" => o.slices = value.parse::<usize>()?.max(1),
+            "--settle" => o.settle = Duration::from_secs_f64(value.parse()?),
+            "--between" => o.between = Some(value),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -261,7 +281,14 @@ struct Tally {
 /// How a connection makes its next request and reads the answer.
 enum Source {
     Fixed(Vec<u8>),
-    /// Users in turn, from this offset.
+    /// Users in turn, from this offset, a connection count apart: no two
+    /// connections take the same user at the same time unless there are
+    /// fewer users than connections, and then each user always has the same
+    /// few (two, for 32 connections and 16 users). Sharing them at random, a
+    /// user sometimes had more logins in flight than the back-off allows
+    /// (`GATEHOUSE_LOGIN_BACKOFF_AFTER`, 5), and the next was refused until
+    /// one of them succeeded: an attempt counts as a failure until it
+    /// succeeds (`store::login_attempt`).
     Password {
         next: usize,
     },
@@ -276,8 +303,9 @@ impl Source {
         Ok(match self {
             Source::Fixed(r) => Some(r.clone()),
             Source::Password { next } => {
-                *next += 1;
-                Some(password_request(o, *next, "read")?)
+                let user = *next;
+                *next += o.connections;
+                Some(password_request(o, user, "read")?)
             }
             Source::Refresh { chains } => match chains.front() {
                 None => None,
@@ -304,8 +332,15 @@ impl Source {
     }
 }
 
-async fn closed_loop(o: Options, mut source: Source, measure_from: Instant, until: Instant) -> Tally {
-    let mut conn = Conn::new(&o.addr);
+/// One connection's slice: requests until `until`, answers counted from
+/// `measure_from`. Gives back the connection and its source for the next.
+async fn closed_loop(
+    o: Options,
+    mut conn: Conn,
+    mut source: Source,
+    measure_from: Instant,
+    until: Instant,
+) -> (Conn, Source, Tally) {
     let mut tally = Tally::default();
     while Instant::now() < until {
         let request = match source.request(&o) {
@@ -341,20 +376,19 @@ async fn closed_loop(o: Options, mut source: Source, measure_from: Instant, unti
             }
         }
     }
-    tally
+    (conn, source, tally)
 }
 
 /// Open loop: requests due at a fixed rate; latency counts from when each
 /// was due, so a stalled server is not hidden (no coordinated omission).
 async fn paced(
-    o: Options,
+    mut conn: Conn,
     request: Vec<u8>,
     first: Instant,
     every: Duration,
     measure_from: Instant,
     until: Instant,
-) -> Tally {
-    let mut conn = Conn::new(&o.addr);
+) -> (Conn, Tally) {
     let mut tally = Tally::default();
     let mut due = first;
     // When the previous answer came (none before the first request).
@@ -384,7 +418,13 @@ async fn paced(
         free_since = Some(done);
         due += every;
     }
-    tally
+    (conn, tally)
+}
+
+/// Requests per second, to two decimals: rounded to a whole request, a
+/// password flood's 45/s moved a ratio by up to 1 %, either way.
+fn per_second(requests: usize, seconds: f64) -> f64 {
+    (requests as f64 / seconds * 100.0).round() / 100.0
 }
 
 fn summary(tallies: Vec<Tally>, seconds: f64) -> serde_json::Value {
@@ -405,9 +445,7 @@ fn summary(tallies: Vec<Tally>, seconds: f64) -> serde_json::Value {
     };
     serde_json::json!({
         "requests": all.len(),
-        // Not rounded to a whole request: at the password flood's 45/s
-        // that moved a ratio by up to 1 %, either way.
-        "requests_per_s": (all.len() as f64 / seconds * 100.0).round() / 100.0,
+        "requests_per_s": per_second(all.len(), seconds),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "non_2xx": non_2xx,
@@ -526,68 +564,99 @@ async fn run(o: Options) -> anyhow::Result<serde_json::Value> {
         other => bail!("unknown workload {other}"),
     };
     let flood_memory = o.pid.filter(|_| o.workload.starts_with("password"));
-    let started = Instant::now();
-    let measure_from = started + o.warmup;
-    let until = measure_from + o.duration;
+    let mut conns: Vec<(Conn, Source)> = sources.drain(..).map(|s| (Conn::new(&o.addr), s)).collect();
+    // Eight connections share the JWKS rate of password+jwks, staggered evenly.
+    let jwks_streams = if o.workload == "password+jwks" { 8u32 } else { 0 };
+    let mut jwks_conns: Vec<Conn> = (0..jwks_streams).map(|_| Conn::new(&o.addr)).collect();
+    let jwks_request = get(&o, "/.well-known/jwks.json", "");
+    let mut between = Vec::new();
+    let mut slice_rates = Vec::new();
+    let (mut tallies, mut jwks) = (Vec::new(), Vec::new());
+    let mut peak_rss_kib: Option<u64> = None;
     let cpu_before = cpu_time();
-    let mut tasks = Vec::new();
-    for source in sources.drain(..) {
-        tasks.push(tokio::task::spawn_local(closed_loop(
-            o.clone(),
-            source,
-            measure_from,
-            until,
-        )));
-    }
-    let mut jwks_tasks = Vec::new();
-    if o.workload == "password+jwks" {
-        // Eight connections share the rate, staggered evenly.
-        let streams = 8u32;
-        let every = Duration::from_secs_f64(f64::from(streams) / o.jwks_rate);
-        for i in 0..streams {
-            let first = started + every / streams * i;
-            jwks_tasks.push(tokio::task::spawn_local(paced(
+    for slice in 0..o.slices {
+        if let Some(command) = &o.between {
+            between.push(run_between(command)?);
+        }
+        let started = Instant::now();
+        let measure_from = started + if slice == 0 { o.warmup } else { o.settle };
+        let until = measure_from + o.duration;
+        let mut tasks = Vec::new();
+        for (conn, source) in conns.drain(..) {
+            tasks.push(tokio::task::spawn_local(closed_loop(
                 o.clone(),
-                get(&o, "/.well-known/jwks.json", ""),
-                first,
-                every,
+                conn,
+                source,
                 measure_from,
                 until,
             )));
         }
-    }
-    let mut peak_rss_kib = None;
-    if let Some(pid) = flood_memory {
-        tokio::time::sleep_until(measure_from.into()).await;
-        // Reset the high-water mark once the flood is under way.
-        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-        let mut sampled = 0;
-        while Instant::now() < until {
-            sampled = sampled.max(status_kib(pid, "VmRSS:").unwrap_or(0));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut jwks_tasks = Vec::new();
+        if jwks_streams > 0 {
+            let every = Duration::from_secs_f64(f64::from(jwks_streams) / o.jwks_rate);
+            for (i, conn) in (0u32..).zip(jwks_conns.drain(..)) {
+                jwks_tasks.push(tokio::task::spawn_local(paced(
+                    conn,
+                    jwks_request.clone(),
+                    started + every / jwks_streams * i,
+                    every,
+                    measure_from,
+                    until,
+                )));
+            }
         }
-        peak_rss_kib = Some(status_kib(pid, "VmHWM:").unwrap_or(0).max(sampled));
+        if let Some(pid) = flood_memory {
+            tokio::time::sleep_until(measure_from.into()).await;
+            if peak_rss_kib.is_none() {
+                // Reset the high-water mark once the flood is under way.
+                let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+            }
+            let mut sampled = peak_rss_kib.unwrap_or(0);
+            while Instant::now() < until {
+                sampled = sampled.max(status_kib(pid, "VmRSS:").unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak_rss_kib = Some(sampled);
+        }
+        let mut answered = 0;
+        for t in tasks {
+            let (conn, source, tally) = t.await?;
+            answered += tally.latencies_us.len();
+            conns.push((conn, source));
+            tallies.push(tally);
+        }
+        for t in jwks_tasks {
+            let (conn, tally) = t.await?;
+            jwks_conns.push(conn);
+            jwks.push(tally);
+        }
+        slice_rates.push(per_second(answered, o.duration.as_secs_f64()));
     }
-    let mut tallies = Vec::new();
-    for t in tasks {
-        tallies.push(t.await?);
+    if let Some(command) = &o.between {
+        between.push(run_between(command)?);
     }
-    let mut jwks = Vec::new();
-    for t in jwks_tasks {
-        jwks.push(t.await?);
+    if let Some(pid) = flood_memory {
+        let kib = status_kib(pid, "VmHWM:")
+            .unwrap_or(0)
+            .max(peak_rss_kib.unwrap_or(0));
+        peak_rss_kib = Some(kib);
     }
     let cpu = cpu_time().saturating_sub(cpu_before);
-    let seconds = o.duration.as_secs_f64();
+    let seconds = o.duration.as_secs_f64() * o.slices as f64;
     let mut out = summary(tallies, seconds);
     let total_requests = out["requests"].as_u64().unwrap_or(0).max(1);
     out["workload"] = o.workload.clone().into();
     out["connections"] = c.into();
     out["duration_s"] = seconds.into();
-    // Includes the warm-up: a slight overestimate of the driver's cost.
-    out["driver_cpu_us_per_request"] = ((cpu.as_secs_f64() * 1e6
-        / (total_requests as f64 * (seconds + o.warmup.as_secs_f64()) / seconds))
-        .round())
-    .into();
+    // Includes the warm-up, settling and draining (not `--between`, a child
+    // process): a slight overestimate of the driver's cost.
+    let settling = o.warmup.as_secs_f64() + o.settle.as_secs_f64() * (o.slices - 1) as f64;
+    out["driver_cpu_us_per_request"] =
+        ((cpu.as_secs_f64() * 1e6 / (total_requests as f64 * (seconds + settling) / seconds)).round()).into();
+    if o.between.is_some() {
+        out["slices"] = slice_rates.into();
+        out["between"] = between.into();
+    }
     if !jwks.is_empty() {
         let late_max_us = jwks.iter().map(|t| t.late_max_us).max().unwrap_or(0);
         out["jwks"] = summary(jwks, seconds);
@@ -598,6 +667,22 @@ async fn run(o: Options) -> anyhow::Result<serde_json::Value> {
         out["peak_rss_kib"] = kib.into();
     }
     Ok(out)
+}
+
+/// Runs `--between` through `sh -c` while the connections stand idle, and
+/// reads the last line it printed as JSON.
+fn run_between(command: &str) -> anyhow::Result<serde_json::Value> {
+    let output = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {command}"))?;
+    if !output.status.success() {
+        bail!("{command}: {}", output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("{command} printed {last:?}"))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -1,12 +1,13 @@
 """Turns one bench/run.sh run into the table and the JSON file.
 
-Each workload's row is its median round (by ratio): that round's req/s, p50,
-p99 and ratio, with the lowest and highest round's ratio beside it; non-2xx
-counts every round, peak RSS is the highest round's, and the JWKS latency
-while logins flood is the round with the worst p99, beside the most the
-load generator's own timer woke late in that round (about 1 ms at rest;
-a stall of the whole machine, which no server can answer through, shows
-there too).
+Each workload ran in slices, its ceiling measured before, between and after
+them (bench/load.rs --slices, --between). Each slice's ratio is its rate
+against the mean of the ceilings on either side of it; a workload's row gives
+the median slice's ratio, with the lowest and highest beside it, and req/s,
+p50, p99 and non-2xx over all its slices. The JWKS latency while logins
+flood is beside the most the load generator's own timer woke late (about
+1 ms at rest; a stall of the whole machine, which no server can answer
+through, shows there too).
 
 python3 bench/report.py WORKDIR "sqlite [postgres]" OUT.json
 """
@@ -47,36 +48,24 @@ for backend in backends:
     mem = load(d / "memory.json")
     res = {"memory": mem, "workloads": {}}
     for name, (c, goal) in GOALS.items():
-        rounds = []
-        while (d / f"{name}.round.{len(rounds) + 1}.json").exists():
-            rounds.append(load(d / f"{name}.round.{len(rounds) + 1}.json"))
-        if not rounds:
+        if not (d / f"{name}.json").exists():
             continue
-        # Round i lies between the ceilings measured just before (i - 1) and
-        # just after it (i); its ratio is taken against their mean.
-        near = [ceiling_of(c, load(d / f"{name}.ceiling.{i}.json")) for i in range(len(rounds) + 1)]
-        for i, r in enumerate(rounds):
-            r["adjacent_ceilings"] = near[i:i + 2]
-            r["adjacent_ceiling"] = round((near[i] + near[i + 1]) / 2, 1)
-            r["ratio"] = round(r["requests_per_s"] / r["adjacent_ceiling"], 3) if r["adjacent_ceiling"] else 0.0
-        ranked = sorted(rounds, key=lambda r: r["ratio"])
-        w = dict(ranked[(len(ranked) - 1) // 2])  # the median round (the lower one of an even count)
-        ratio, reference = w["ratio"], w["adjacent_ceiling"]
-        w["non_2xx"] = sum(r["non_2xx"] for r in rounds)
-        w["errors"] = sum(r["errors"] for r in rounds)
-        if any("peak_rss_kib" in r for r in rounds):
-            w["peak_rss_kib"] = max(r.get("peak_rss_kib", 0) for r in rounds)
-        if any("jwks" in r for r in rounds):
-            worst = max((r["jwks"] for r in rounds if "jwks" in r), key=lambda j: j["p99_ms"])
-            w["jwks"] = {**worst, "non_2xx": sum(r["jwks"]["non_2xx"] for r in rounds if "jwks" in r),
-                         "errors": sum(r["jwks"]["errors"] for r in rounds if "jwks" in r)}
-        w["rounds"] = rounds
-        w["ratio_min"], w["ratio_max"] = ranked[0]["ratio"], ranked[-1]["ratio"]
+        w = load(d / f"{name}.json")
+        # Slice i lies between the ceilings measured just before (i) and just
+        # after it (i + 1); its ratio is taken against their mean.
+        near = [ceiling_of(c, b) for b in w["between"]]
+        w["slice_ratios"] = [round(r / ((near[i] + near[i + 1]) / 2), 3) if near[i] + near[i + 1] else 0.0
+                             for i, r in enumerate(w["slices"])]
+        ranked = sorted(range(len(w["slices"])), key=lambda i: w["slice_ratios"][i])
+        median = ranked[(len(ranked) - 1) // 2]  # the lower one of an even count
+        ratio = w["ratio"] = w["slice_ratios"][median]
+        reference = w["median_slice_ceiling"] = round((near[median] + near[median + 1]) / 2, 1)
+        w["ratio_min"], w["ratio_max"] = w["slice_ratios"][ranked[0]], w["slice_ratios"][ranked[-1]]
         w["ratio_to_first_ceiling"] = round(w["requests_per_s"] / ceil[c], 3) if ceil[c] else 0.0
         ok = ratio >= goal and w["non_2xx"] == 0 and w["errors"] == 0
         w.update(ceiling=c, goal=goal, passed=ok)
         res["workloads"][name] = w
-        spread = f' ({w["ratio_min"]:.2f}–{w["ratio_max"]:.2f})' if len(rounds) > 1 else ""
+        spread = f' ({w["ratio_min"]:.2f}–{w["ratio_max"]:.2f})' if len(ranked) > 1 else ""
         rows.append((backend, name, rate(w["requests_per_s"]), f'{w["p50_ms"]:.2f}', f'{w["p99_ms"]:.2f}',
                      str(w["non_2xx"] + w["errors"]), f"{ratio:.2f}{spread} of {c} {reference:.0f}",
                      f'{w["ratio_to_first_ceiling"]:.2f}', f"≥ {goal:.2f}", "pass" if ok else "FAIL"))
@@ -102,7 +91,7 @@ for backend in backends:
                  ("pass" if ms < 1000 else "FAIL") if backend == "sqlite" else ""))
     result["backends"][backend] = res
 
-head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio: median round (min–max), its ceiling; or a note",
+head = ("db", "workload", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio: median slice (min–max), its ceiling; or a note",
         "vs first", "goal", "")
 widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 fmt = lambda r: "  ".join(v.rjust(w) if i in (2, 3, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))

@@ -7,18 +7,19 @@
 # hashes/s (2 threads) and a trivial poem handler's requests/s; then starts
 # the release server on SQLite (and on a fresh PostgreSQL database when a URL
 # is given), seeds it with the CLI and drives each workload with
-# bench/load.rs (32 connections) in ROUNDS rounds of DURATION s, each after
-# WARMUP s discarded, with the workload's ceiling measured before, between
-# and after them. Also measures idle RSS, peak RSS during the password flood
-# and start to /ready with an existing key. Prints one table; writes
-# bench/results/NAME.json (NAME=latest unless set).
+# bench/load.rs (32 connections) in SLICES slices of DURATION s, the first
+# after WARMUP s discarded, with the workload's ceiling measured for
+# CEILING_SECONDS before, between and after them. Also measures idle RSS,
+# peak RSS during the password flood and start to /ready with an existing
+# key. Prints one table; writes bench/results/NAME.json (NAME=latest unless
+# set).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PG_URL=${1:-${GATEHOUSE_BENCH_PG_URL:-}}
-DURATION=${DURATION:-4}
+DURATION=${DURATION:-1.5}
 WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
+SLICES=${SLICES:-8}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-18080}
 NAME=${NAME:-latest}
@@ -87,31 +88,38 @@ CEILINGS=$(BENCH_SECONDS=3 "${CEILINGS_BIN}" | tail -1)
 echo "${CEILINGS}" >"${WORK}/ceilings.json"
 echo "    ${CEILINGS}" >&2
 
-trivial_ceiling() { # OUT [SECONDS]
-    "${TRIVIAL}" "127.0.0.1:$((PORT + 10))" &
-    PIDS+=($!)
-    wait_ready "http://127.0.0.1:$((PORT + 10))/" >/dev/null
-    "${BATCH_DRIVER[@]}" --url "http://127.0.0.1:$((PORT + 10))" --workload trivial --connections "${CONNECTIONS}" \
-        --duration "${2:-${DURATION}}" --warmup "${3:-${WARMUP}}" >"$1"
-    kill "${PIDS[-1]}"
-    wait "${PIDS[-1]}" 2>/dev/null || true
-}
+TRIVIAL_URL="http://127.0.0.1:$((PORT + 10))"
+"${TRIVIAL}" "${TRIVIAL_URL#http://}" &
+PIDS+=($!)
+wait_ready "${TRIVIAL_URL}/" >/dev/null
+TRIVIAL_LOAD=("${BATCH_DRIVER[@]}" --url "${TRIVIAL_URL}" --workload trivial --connections "${CONNECTIONS}")
 
 echo "==> ceiling: trivial poem handler" >&2
-trivial_ceiling "${WORK}/trivial.json"
-cat "${WORK}/trivial.json" >&2
+"${TRIVIAL_LOAD[@]}" --duration 3 --warmup "${WARMUP}" | tee "${WORK}/trivial.json" >&2
 
-# This machine's speed drifts by a fifth and more within minutes (a shared
-# host), so each workload runs in ROUNDS rounds with its ceiling measured
-# before, between and after them (CEILING_SECONDS each). Each round's ratio
-# is taken against the mean of the ceilings on either side of it, and the
-# table gives the median round.
-CEILING_SECONDS=${CEILING_SECONDS:-2}
-adjacent_ceiling() { # WORKLOAD OUT
+# This machine's speed drifts by a fifth and more from one second to the
+# next (a shared host: 67 to 103 argon2 hashes/s in 15 one-second
+# measurements in a row), so the load generator runs each workload in SLICES
+# short slices and, while its connections stand idle between them, measures
+# the workload's ceiling (`--between`) for CEILING_SECONDS: before the first
+# slice, between each two and after the last. Each slice's ratio is taken
+# against the mean of the ceilings on either side of it, and the table gives
+# the median slice. The trivial handler keeps running, idle, beside the
+# server; the signing and hashing ceilings run under the default scheduling
+# policy whatever the load generator's.
+CEILING_SECONDS=${CEILING_SECONDS:-1}
+DEFAULT_POLICY=()
+if command -v chrt >/dev/null 2>&1; then
+    DEFAULT_POLICY=(chrt --other 0)
+fi
+ceiling_command() { # WORKLOAD -> a shell command printing the ceiling as its last line
     case "$1" in
-    jwks | discovery | introspect | userinfo) trivial_ceiling "$2" "${CEILING_SECONDS}" 1 ;;
-    password | password+jwks) BENCH_SECONDS=${CEILING_SECONDS} BENCH_ONLY=argon2_2t "${CEILINGS_BIN}" | tail -1 >"$2" ;;
-    *) BENCH_SECONDS=${CEILING_SECONDS} BENCH_ONLY=rs256_2t "${CEILINGS_BIN}" | tail -1 >"$2" ;;
+    jwks | discovery | introspect | userinfo)
+        printf '%q ' "${TRIVIAL_LOAD[@]}" --duration "${CEILING_SECONDS}" --warmup 0.2 ;;
+    password | password+jwks)
+        printf '%q ' env BENCH_SECONDS="${CEILING_SECONDS}" BENCH_ONLY=argon2_2t "${DEFAULT_POLICY[@]}" "${CEILINGS_BIN}" ;;
+    *)
+        printf '%q ' env BENCH_SECONDS="${CEILING_SECONDS}" BENCH_ONLY=rs256_2t "${DEFAULT_POLICY[@]}" "${CEILINGS_BIN}" ;;
     esac
 }
 
@@ -157,16 +165,13 @@ bench_backend() { # NAME DATABASE_URL
     echo "{\"start_to_ready_ms\": ${ready_ms}, \"idle_rss_kib\": ${idle_kib}, \"argon2_permits\": $(nproc)}" \
         | tee "${dir}/memory.json" >&2
     for w in ${WORKLOADS}; do
-        adjacent_ceiling "${w}" "${dir}/${w}.ceiling.0.json"
-        for round in $(seq "${ROUNDS}"); do
-            echo "==> ${name}: ${w}, round ${round} of ${ROUNDS}" >&2
-            local driver=("${BATCH_DRIVER[@]}")
-            [[ ${w} == password* ]] && driver=("${LOAD}")
-            "${driver[@]}" --url "${URL}" --workload "${w}" --connections "${CONNECTIONS}" \
-                --duration "${DURATION}" --warmup "${WARMUP}" --client "${id}:${secret}" \
-                --users "${dir}/users" --pid "${server}" | tee "${dir}/${w}.round.${round}.json" >&2
-            adjacent_ceiling "${w}" "${dir}/${w}.ceiling.${round}.json"
-        done
+        echo "==> ${name}: ${w}, ${SLICES} slices of ${DURATION} s between its ceilings" >&2
+        local driver=("${BATCH_DRIVER[@]}")
+        [[ ${w} == password* ]] && driver=("${LOAD}")
+        "${driver[@]}" --url "${URL}" --workload "${w}" --connections "${CONNECTIONS}" \
+            --duration "${DURATION}" --warmup "${WARMUP}" --client "${id}:${secret}" \
+            --users "${dir}/users" --pid "${server}" \
+            --slices "${SLICES}" --between "$(ceiling_command "${w}")" | tee "${dir}/${w}.json" >&2
     done
     kill "${server}"
     wait "${server}" 2>/dev/null || true
