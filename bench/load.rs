@@ -281,16 +281,15 @@ struct Tally {
 /// How a connection makes its next request and reads the answer.
 enum Source {
     Fixed(Vec<u8>),
-    /// Users in turn, from this offset, a connection count apart: no two
-    /// connections take the same user at the same time unless there are
-    /// fewer users than connections, and then each user always has the same
-    /// few (two, for 32 connections and 16 users). Sharing them at random, a
-    /// user sometimes had more logins in flight than the back-off allows
+    /// One user per connection (the users file's line `user` modulo its
+    /// length): each user has at most a few logins in flight (two, for 32
+    /// connections and 16 users). Taking the users in turn, a user sometimes
+    /// had more in flight than the back-off allows
     /// (`GATEHOUSE_LOGIN_BACKOFF_AFTER`, 5), and the next was refused until
     /// one of them succeeded: an attempt counts as a failure until it
     /// succeeds (`store::login_attempt`).
     Password {
-        next: usize,
+        user: usize,
     },
     /// Rotation chains: the current refresh token of each.
     Refresh {
@@ -302,11 +301,7 @@ impl Source {
     fn request(&mut self, o: &Options) -> anyhow::Result<Option<Vec<u8>>> {
         Ok(match self {
             Source::Fixed(r) => Some(r.clone()),
-            Source::Password { next } => {
-                let user = *next;
-                *next += o.connections;
-                Some(password_request(o, user, "read")?)
-            }
+            Source::Password { user } => Some(password_request(o, *user, "read")?),
             Source::Refresh { chains } => match chains.front() {
                 None => None,
                 Some(token) => Some(post_form(
@@ -521,7 +516,7 @@ async fn run(o: Options) -> anyhow::Result<serde_json::Value> {
             );
             (0..c).map(|_| Source::Fixed(r.clone())).collect()
         }
-        "password" | "password+jwks" => (0..c).map(|i| Source::Password { next: i }).collect(),
+        "password" | "password+jwks" => (0..c).map(|user| Source::Password { user }).collect(),
         "refresh" => {
             // Four chains per connection, taken in turn: each token is
             // presented once, and never two of one chain at the same time.

@@ -49,7 +49,7 @@ else
     echo "bench: chrt --batch unavailable; the load generator runs under the default policy" >&2
 fi
 TRIVIAL="$PWD/target/release/examples/trivial"
-# The ceilings binary itself, so a ceiling between rounds costs no cargo run.
+# The ceilings binary itself, so a ceiling between slices costs no cargo run.
 CEILINGS_BIN=$(cargo bench --bench ceilings --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json, sys
 for line in sys.stdin:
