@@ -618,15 +618,19 @@ impl Lane<'_> {
 }
 
 /// A fresh database: on PostgreSQL when `GATEHOUSE_TEST_DATABASE_URL`
-/// names one (as the API tests do; `.ci/run` drops them after), else a
-/// SQLite file in `dir`.
+/// names one (as the API tests do, which drop it once this process has
+/// ended), else a SQLite file in `dir`.
 #[cfg(test)]
 pub(crate) async fn test_database(dir: &std::path::Path) -> anyhow::Result<String> {
     use sqlx::Connection as _;
     match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
             sqlx::any::install_default_drivers();
-            let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+            let name = format!(
+                "gatehouse_test_{}_{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            );
             let mut conn = sqlx::AnyConnection::connect(&url).await?;
             conn.execute(format!("create database {name}").as_str()).await?;
             conn.close().await?;

@@ -37,14 +37,26 @@ fn init_logs() {
 
 /// A fresh database: a new PostgreSQL database under
 /// `GATEHOUSE_TEST_DATABASE_URL` when set, else a SQLite file in `dir`.
-async fn fresh_database(dir: &std::path::Path) -> String {
+///
+/// A PostgreSQL database is named after the test process
+/// (`gatehouse_test_<pid>_<uuid>`) and outlives it. The first test of a run
+/// drops those of processes that have ended: what earlier runs left.
+pub async fn fresh_database(dir: &std::path::Path) -> String {
     match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
             sqlx::any::install_default_drivers();
-            let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
             let mut conn = sqlx::AnyConnection::connect(&url)
                 .await
                 .expect("connect to PostgreSQL");
+            static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                drop_abandoned_databases(&mut conn).await;
+            }
+            let name = format!(
+                "gatehouse_test_{}_{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            );
             conn.execute(format!("create database {name}").as_str())
                 .await
                 .expect("create database");
@@ -53,6 +65,33 @@ async fn fresh_database(dir: &std::path::Path) -> String {
             format!("{base}/{name}")
         }
         _ => format!("sqlite://{}", dir.join("gatehouse.db").display()),
+    }
+}
+
+/// Drops the test databases of processes that have ended, the unit tests'
+/// included, and those whose name carries no process id (made before it
+/// did). Best effort: a database still in use stays. Only where `/proc`
+/// tells which processes run.
+async fn drop_abandoned_databases(conn: &mut sqlx::AnyConnection) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let names: Vec<(String,)> =
+        sqlx::query_as("select datname::text from pg_database where datname like 'gatehouse\\_test\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for (name,) in names {
+        let owner = name
+            .trim_start_matches("gatehouse_test_")
+            .split_once('_')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let running = owner.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !running {
+            let _ = conn
+                .execute(format!("drop database if exists \"{name}\"").as_str())
+                .await;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! real binary's JSON logs free of every secret while every flow runs.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -442,25 +442,6 @@ fn gatehouse() -> Command {
     cmd
 }
 
-/// A fresh database, as `TestApp` makes one.
-async fn fresh_database_url(dir: &Path) -> String {
-    use sqlx::{Connection, Executor};
-    match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            sqlx::any::install_default_drivers();
-            let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-            conn.execute(format!("create database {name}").as_str())
-                .await
-                .unwrap();
-            let _ = conn.close().await;
-            let (base, _) = url.rsplit_once('/').unwrap();
-            format!("{base}/{name}")
-        }
-        _ => format!("sqlite://{}", dir.join("gatehouse.db").display()),
-    }
-}
-
 /// The real binary, its environment and its captured output.
 struct Served {
     child: std::process::Child,
@@ -483,7 +464,7 @@ impl Served {
             .port();
         let env: Vec<(String, String)> = [
             ("GATEHOUSE_LISTEN", format!("127.0.0.1:{port}")),
-            ("GATEHOUSE_DATABASE_URL", fresh_database_url(dir.path()).await),
+            ("GATEHOUSE_DATABASE_URL", fresh_database(dir.path()).await),
             (
                 "GATEHOUSE_KEYS_DIR",
                 dir.path().join("keys").display().to_string(),
