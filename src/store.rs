@@ -618,8 +618,8 @@ impl Lane<'_> {
 }
 
 /// A fresh database: on PostgreSQL when `GATEHOUSE_TEST_DATABASE_URL`
-/// names one (as the API tests do, which drop it once this process has
-/// ended), else a SQLite file in `dir`.
+/// names one (as the API tests do; their first test drops it once this
+/// process has ended), else a SQLite file in `dir`.
 #[cfg(test)]
 pub(crate) async fn test_database(dir: &std::path::Path) -> anyhow::Result<String> {
     use sqlx::Connection as _;

@@ -1,5 +1,6 @@
 //! `TestApp`: a real server on an ephemeral port, its own keys and database.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -48,8 +49,8 @@ pub async fn fresh_database(dir: &std::path::Path) -> String {
             let mut conn = sqlx::AnyConnection::connect(&url)
                 .await
                 .expect("connect to PostgreSQL");
-            static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-            if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            static SWEPT: AtomicBool = AtomicBool::new(false);
+            if !SWEPT.swap(true, Ordering::SeqCst) {
                 drop_abandoned_databases(&mut conn).await;
             }
             let name = format!(
