@@ -11,6 +11,17 @@
 //! password check are exactly those the schedule allows, on every instance.
 //! Attempts refused during a back-off are not counted: the schedule alone
 //! decides how long an account stays closed.
+//!
+//! Counting at the start would also refuse right passwords checked side by
+//! side: with more logins of one account in flight than the back-off allows,
+//! the last ones found it backed off by the others, which had not failed.
+//! So each row also counts the attempts in flight (started, not finished),
+//! and the gate tells a back-off they could still lift from one earned by
+//! failures alone ([`LoginGate::BackedOff::in_flight`]): the caller waits
+//! for the first kind and asks again. A success deletes the row; a failure
+//! takes itself out of the in-flight count ([`finish_failed_attempt`]). An
+//! attempt that never finishes (its instance died, its request timed out)
+//! stops counting as in flight after [`AttemptRules::in_flight_for`].
 
 use anyhow::Context;
 use sqlx::{Any, Executor, FromRow, Row};
@@ -30,14 +41,28 @@ pub const FORGET_AFTER: i64 = 24 * 3600;
 // [`backoff_seconds`], which needs the cap reached by then.
 const _: () = assert!(FIRST_BACKOFF << 16 >= MAX_BACKOFF);
 
+/// The settings an attempt is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptRules {
+    /// Failures in a row before the back-off starts
+    /// (`GATEHOUSE_LOGIN_BACKOFF_AFTER`).
+    pub backoff_after: u32,
+    /// Seconds after its start at which an attempt still unfinished no
+    /// longer counts as in flight: the request timeout, since no attempt
+    /// outlives its request.
+    pub in_flight_for: i64,
+}
+
 /// What a starting attempt may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginGate {
     /// Check the password. `failures` already counts this attempt; if it
     /// fails, the username is backed off for `backoff` seconds (0: not yet).
     Open { failures: i64, backoff: i64 },
-    /// Backed off until then: refuse whatever the password.
-    BackedOff { until: i64 },
+    /// Backed off until then: refuse whatever the password, unless
+    /// `in_flight` attempts, any of which may still succeed and clear the
+    /// back-off, are being checked; then wait and ask again.
+    BackedOff { until: i64, in_flight: i64 },
 }
 
 impl LoginGate {
@@ -66,19 +91,24 @@ const COUNTED: &str =
 
 /// [`begin_login_attempt`]'s statement: [`backoff_seconds`] in SQL, with
 /// `$5` = after, `$6` = [`FIRST_BACKOFF`], `$7` = [`MAX_BACKOFF`] and `$8` =
-/// the doublings from which [`MAX_BACKOFF`] applies. A row backed off at
-/// `$2` is not updated, so nothing is returned for it.
+/// the doublings from which [`MAX_BACKOFF`] applies; the attempt is in
+/// flight until `$9`, with those of the row still in flight at `$2`. A row
+/// backed off at `$2` is not updated, so nothing is returned for it.
 static BEGIN_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "insert into login_attempt (username_digest, failures, last_attempt_at, blocked_until) \
-         values ($1, 1, $2, $3) \
+        "insert into login_attempt \
+             (username_digest, failures, last_attempt_at, blocked_until, in_flight, in_flight_until) \
+         values ($1, 1, $2, $3, 1, $9) \
          on conflict (username_digest) do update set \
              failures = {COUNTED}, \
              last_attempt_at = $2, \
              blocked_until = case \
                  when {COUNTED} < $5 then 0 \
                  when {COUNTED} - $5 >= $8 then $2 + $7 \
-                 else $2 + ($6 << cast({COUNTED} - $5 as integer)) end \
+                 else $2 + ($6 << cast({COUNTED} - $5 as integer)) end, \
+             in_flight = (case when login_attempt.in_flight_until < $2 then 0 \
+                 else login_attempt.in_flight end) + 1, \
+             in_flight_until = $9 \
          where login_attempt.blocked_until <= $2 \
          returning failures"
     )
@@ -86,41 +116,45 @@ static BEGIN_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 
 /// Starts an attempt for `username` (the digest of the normalised
 /// username): refuses it during a back-off, otherwise counts it as a failure
-/// and sets the back-off it earns should it fail. One statement, so atomic:
-/// on PostgreSQL concurrent attempts wait for the row's lock and see each
-/// other's counts. On SQLite run it under [`super::Db::writer`]. A
-/// backed-off username is left as it is (refusals count nothing).
+/// and in flight, and sets the back-off it earns should it fail. One
+/// statement, so atomic: on PostgreSQL concurrent attempts wait for the
+/// row's lock and see each other's counts. On SQLite run it under
+/// [`super::Db::writer`]. A backed-off username is left as it is (refusals
+/// count nothing).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn begin_login_attempt(
     conn: &mut sqlx::AnyConnection,
     username: &TokenDigest,
     now: i64,
-    backoff_after: u32,
+    rules: AttemptRules,
 ) -> anyhow::Result<LoginGate> {
-    let counted = attempt_query(&BEGIN_ATTEMPT, username, now, backoff_after)
+    let counted = attempt_query(&BEGIN_ATTEMPT, username, now, rules)
         .fetch_optional(&mut *conn)
         .await
         .context("count login attempt")?;
     match counted.map(|row| row.try_get::<i64, _>(0)).transpose()? {
-        Some(failures) => Ok(open_gate(failures, backoff_after)),
+        Some(failures) => Ok(open_gate(failures, rules)),
         None => backed_off(conn, username, now).await,
     }
 }
 
 /// The gate of a username whose attempt was refused: backed off until the
-/// row says (a row gone meanwhile: for a second).
+/// row says, with the attempts it still has in flight. A row gone
+/// meanwhile was cleared by a success: then one in flight, so that the
+/// caller asks again.
 async fn backed_off(
     conn: &mut sqlx::AnyConnection,
     username: &TokenDigest,
     now: i64,
 ) -> anyhow::Result<LoginGate> {
-    let (until,): (i64,) = sqlx::query_as(BLOCKED_UNTIL)
+    let (until, in_flight): (i64, i64) = sqlx::query_as(BLOCKED_UNTIL)
         .bind(username.as_bytes().to_vec())
+        .bind(now)
         .fetch_optional(conn)
         .await
         .context("read login back-off")?
-        .unwrap_or((now + 1,));
-    Ok(LoginGate::BackedOff { until })
+        .unwrap_or((now + 1, 1));
+    Ok(LoginGate::BackedOff { until, in_flight })
 }
 
 /// [`begin_login_attempt`] and the lookup of the user `email_lower` names
@@ -135,17 +169,17 @@ pub async fn begin_login_attempt_with_user(
     username: &TokenDigest,
     email_lower: Option<&str>,
     now: i64,
-    backoff_after: u32,
+    rules: AttemptRules,
 ) -> anyhow::Result<(LoginGate, Option<UserRow>)> {
     if backend == super::Backend::Sqlite {
-        let gate = begin_login_attempt(&mut *conn, username, now, backoff_after).await?;
+        let gate = begin_login_attempt(&mut *conn, username, now, rules).await?;
         let user = match email_lower {
             Some(email) => super::user::find_user_by_email(conn, email).await?,
             None => None,
         };
         return Ok((gate, user));
     }
-    let row = attempt_query(&BEGIN_ATTEMPT_WITH_USER, username, now, backoff_after)
+    let row = attempt_query(&BEGIN_ATTEMPT_WITH_USER, username, now, rules)
         .bind(email_lower.map(str::to_owned))
         .fetch_one(&mut *conn)
         .await
@@ -155,19 +189,19 @@ pub async fn begin_login_attempt_with_user(
         None => None,
     };
     let gate = match row.try_get::<Option<i64>, _>("counted_failures")? {
-        Some(failures) => open_gate(failures, backoff_after),
+        Some(failures) => open_gate(failures, rules),
         None => backed_off(conn, username, now).await?,
     };
     Ok((gate, user))
 }
 
-/// [`BEGIN_ATTEMPT`] and the user with `email_lower = $9` (a row of nulls
+/// [`BEGIN_ATTEMPT`] and the user with `email_lower = $10` (a row of nulls
 /// for none), for PostgreSQL. The count is null for a backed-off username.
 static BEGIN_ATTEMPT_WITH_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "with counted as ({}) \
          select (select failures from counted) as counted_failures, {} \
-         from (select 1) as one left join user_account u on u.email_lower = $9",
+         from (select 1) as one left join user_account u on u.email_lower = $10",
         *BEGIN_ATTEMPT,
         super::user::qualified_columns("u"),
     )
@@ -178,52 +212,53 @@ pub fn begin_login_attempt_direct(
     tx: &rusqlite::Transaction<'_>,
     username: &TokenDigest,
     now: i64,
-    backoff_after: u32,
+    rules: AttemptRules,
 ) -> rusqlite::Result<LoginGate> {
     use rusqlite::OptionalExtension;
-    let [p2, p3, p4, p5, p6, p7, p8] = attempt_parameters(now, backoff_after);
+    let [p2, p3, p4, p5, p6, p7, p8, p9] = attempt_parameters(now, rules);
     let counted: Option<i64> = tx
         .prepare_cached(&BEGIN_ATTEMPT)?
         .query_row(
             rusqlite::named_params! {
                 "$1": username.as_bytes(), "$2": p2, "$3": p3, "$4": p4,
-                "$5": p5, "$6": p6, "$7": p7, "$8": p8,
+                "$5": p5, "$6": p6, "$7": p7, "$8": p8, "$9": p9,
             },
             |row| row.get(0),
         )
         .optional()?;
     match counted {
-        Some(failures) => Ok(open_gate(failures, backoff_after)),
+        Some(failures) => Ok(open_gate(failures, rules)),
         None => {
-            let until = tx
+            let (until, in_flight) = tx
                 .prepare_cached(BLOCKED_UNTIL)?
-                .query_row(rusqlite::named_params! {"$1": username.as_bytes()}, |row| {
-                    row.get(0)
-                })
+                .query_row(
+                    rusqlite::named_params! {"$1": username.as_bytes(), "$2": now},
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
                 .optional()?
-                .unwrap_or(now + 1);
-            Ok(LoginGate::BackedOff { until })
+                .unwrap_or((now + 1, 1));
+            Ok(LoginGate::BackedOff { until, in_flight })
         }
     }
 }
 
 /// `sql`, which starts with [`BEGIN_ATTEMPT`], with that statement's
-/// parameters `$1` to `$8` bound.
+/// parameters `$1` to `$9` bound.
 fn attempt_query<'q>(
     sql: &'q str,
     username: &TokenDigest,
     now: i64,
-    backoff_after: u32,
+    rules: AttemptRules,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     let query = sqlx::query(sql).bind(username.as_bytes().to_vec());
-    attempt_parameters(now, backoff_after)
+    attempt_parameters(now, rules)
         .into_iter()
         .fold(query, |query, parameter| query.bind(parameter))
 }
 
-/// [`BEGIN_ATTEMPT`]'s parameters after the username: `$2` to `$8`.
-fn attempt_parameters(now: i64, backoff_after: u32) -> [i64; 7] {
-    let first = backoff_seconds(1, backoff_after);
+/// [`BEGIN_ATTEMPT`]'s parameters after the username: `$2` to `$9`.
+fn attempt_parameters(now: i64, rules: AttemptRules) -> [i64; 8] {
+    let first = backoff_seconds(1, rules.backoff_after);
     let capped_from = (0..16_i64)
         .find(|d| FIRST_BACKOFF << d >= MAX_BACKOFF)
         .unwrap_or(16);
@@ -231,22 +266,46 @@ fn attempt_parameters(now: i64, backoff_after: u32) -> [i64; 7] {
         now,
         if first > 0 { now + first } else { 0 },
         now - FORGET_AFTER,
-        i64::from(backoff_after),
+        i64::from(rules.backoff_after),
         FIRST_BACKOFF,
         MAX_BACKOFF,
         capped_from,
+        now.saturating_add(rules.in_flight_for),
     ]
 }
 
-fn open_gate(failures: i64, backoff_after: u32) -> LoginGate {
+fn open_gate(failures: i64, rules: AttemptRules) -> LoginGate {
     LoginGate::Open {
         failures,
-        backoff: backoff_seconds(failures, backoff_after),
+        backoff: backoff_seconds(failures, rules.backoff_after),
     }
 }
 
-/// A backed-off username's end of back-off.
-const BLOCKED_UNTIL: &str = "select blocked_until from login_attempt where username_digest = $1";
+/// A backed-off username's end of back-off and its attempts in flight at `$2`.
+const BLOCKED_UNTIL: &str = "select blocked_until, \
+     case when in_flight_until < $2 then 0 else in_flight end \
+     from login_attempt where username_digest = $1";
+
+/// [`finish_failed_attempt`]'s statement.
+pub const FINISH_FAILED_ATTEMPT: &str = "update login_attempt set in_flight = in_flight - 1 \
+     where username_digest = $1 and in_flight > 0";
+
+/// A counted attempt failed: it stays counted, and is no longer in flight.
+/// (Had the row been cleared by a success meanwhile and started again, this
+/// takes one off the new row's count: a waiting attempt is then refused
+/// a little early, never let in.)
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn finish_failed_attempt<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    username: &TokenDigest,
+) -> anyhow::Result<()> {
+    sqlx::query(FINISH_FAILED_ATTEMPT)
+        .bind(username.as_bytes().to_vec())
+        .execute(ex)
+        .await
+        .context("finish login attempt")?;
+    Ok(())
+}
 
 /// [`clear_login_attempts`]' statement.
 pub const CLEAR_LOGIN_ATTEMPTS: &str = "delete from login_attempt where username_digest = $1";
@@ -281,8 +340,10 @@ mod tests {
     }
 
     /// The statement against the rule it implements, step by step: the
-    /// count, the back-off it earns, refusals that count nothing, and a
-    /// count forgotten after a day.
+    /// count, the back-off it earns, refusals that count nothing, a count
+    /// forgotten after a day, and the attempts in flight: every other one
+    /// fails at once, the rest never finish and stop counting after
+    /// `in_flight_for`.
     #[tokio::test]
     async fn the_statement_keeps_the_schedule() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -312,10 +373,19 @@ mod tests {
             created_at: 0,
         };
         assert!(super::super::user::insert_user(db.pool(), &account).await?);
+        // Refusals seen with attempts in flight, and with none.
+        let mut refused = [0; 2];
         for (&path, after) in paths.iter().flat_map(|d| [(d, 1), (d, 2), (d, 5)]) {
+            let rules = AttemptRules {
+                backoff_after: after,
+                in_flight_for: 3,
+            };
             let user = TokenDigest::of(&format!("user-{after}-{path:?}@example.com"));
-            // (failures, last_attempt_at, blocked_until), as the module doc says.
+            // (failures, last_attempt_at, blocked_until), as the module doc says,
+            // and (in_flight, in_flight_until).
             let mut model: Option<(i64, i64, i64)> = None;
+            let mut flight = (0_i64, 0_i64);
+            let live = |(count, until): (i64, i64), now: i64| if until < now { 0 } else { count };
             let mut now = 1_000_000;
             // Exactly a day after the last attempt it still counts; a
             // second more and it is forgotten.
@@ -349,8 +419,12 @@ mod tests {
             for step in steps {
                 now += step;
                 let expected = match model {
-                    Some((_, _, until)) if now < until => LoginGate::BackedOff { until },
+                    Some((_, _, until)) if now < until => LoginGate::BackedOff {
+                        until,
+                        in_flight: live(flight, now),
+                    },
                     _ => {
+                        flight = (live(flight, now) + 1, now + 3);
                         let failures = match model {
                             Some((f, last, _)) if last >= now - FORGET_AFTER => f + 1,
                             _ => 1,
@@ -362,11 +436,11 @@ mod tests {
                 };
                 let gate = match path {
                     Path::Direct => db
-                        .direct_write("count", |tx| begin_login_attempt_direct(tx, &user, now, after))
+                        .direct_write("count", |tx| begin_login_attempt_direct(tx, &user, now, rules))
                         .await
                         .context("an SQLite file takes direct writes")??,
                     Path::Sqlx => {
-                        begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, after).await?
+                        begin_login_attempt(&mut *db.pool().acquire().await?, &user, now, rules).await?
                     }
                     Path::WithUser => {
                         // The account, an unknown address and no lookup, in turn.
@@ -377,7 +451,7 @@ mod tests {
                             &user,
                             (!email.is_empty()).then_some(email),
                             now,
-                            after,
+                            rules,
                         )
                         .await?;
                         let expected = (email == account.email_lower).then_some(account.id.as_str());
@@ -386,15 +460,27 @@ mod tests {
                     }
                 };
                 assert_eq!(gate, expected, "after {after}, at {now}, path: {path:?}");
-                let row: (i64, i64, i64) = sqlx::query_as(
-                    "select failures, last_attempt_at, blocked_until from login_attempt where username_digest = $1",
-                )
-                .bind(user.as_bytes().to_vec())
-                .fetch_one(db.pool())
-                .await?;
-                assert_eq!(Some(row), model, "after {after}, at {now}, path: {path:?}");
+                if let LoginGate::BackedOff { in_flight, .. } = gate {
+                    refused[usize::from(in_flight > 0)] += 1;
+                }
+                if gate.is_open() && now % 2 == 0 {
+                    finish_failed_attempt(db.pool(), &user).await?;
+                    flight.0 = (flight.0 - 1).max(0);
+                }
+                let (failures, last, blocked, in_flight, in_flight_until): (i64, i64, i64, i64, i64) =
+                    sqlx::query_as(
+                        "select failures, last_attempt_at, blocked_until, in_flight, in_flight_until \
+                         from login_attempt where username_digest = $1",
+                    )
+                    .bind(user.as_bytes().to_vec())
+                    .fetch_one(db.pool())
+                    .await?;
+                let here = format!("after {after}, at {now}, path: {path:?}");
+                assert_eq!(Some((failures, last, blocked)), model, "{here}");
+                assert_eq!((in_flight, in_flight_until), flight, "{here}");
             }
         }
+        assert!(refused.iter().all(|&n| n > 0), "{refused:?}");
         db.close().await;
         Ok(())
     }

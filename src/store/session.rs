@@ -632,7 +632,16 @@ mod tests {
         let db = with_client_and_user(dir.path()).await?;
         let attempt = TokenDigest::of("a@example.com");
         let mut conn = db.pool().acquire().await?;
-        crate::store::login_attempt::begin_login_attempt(&mut conn, &attempt, 100, 5).await?;
+        crate::store::login_attempt::begin_login_attempt(
+            &mut conn,
+            &attempt,
+            100,
+            crate::store::login_attempt::AttemptRules {
+                backoff_after: 5,
+                in_flight_for: 30,
+            },
+        )
+        .await?;
         drop(conn);
         let first = || FirstRefresh {
             digest: TokenDigest::of("rt"),

@@ -153,6 +153,18 @@ async fn password_login(
     (status, cache, resp.text().await.unwrap())
 }
 
+/// The key of ada@example.com's login attempts: its SHA-256.
+fn ada_digest() -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"ada@example.com")
+        .as_ref()
+        .to_vec()
+}
+
+fn unix_now() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("after 1970").as_secs() as i64
+}
+
 /// `login_backoff_after` = 2: the first back-off lasts 1–2 s, the next 3–4 s.
 async fn backoff_app() -> TestApp {
     TestApp::spawn_with(|c| c.login_backoff_after = "2".into()).await
@@ -211,6 +223,120 @@ async fn failed_logins_back_off_on_every_instance_with_the_answer_of_a_wrong_pas
     );
     let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
     assert_eq!(status, 200, "one failure after a success is not a back-off");
+}
+
+#[tokio::test]
+async fn right_passwords_typed_side_by_side_all_get_in_on_every_instance() {
+    // Each attempt counts as a failure while it is checked: 8 at once, with
+    // 2 failures allowed, used to find the account backed off by the others.
+    let app = backoff_app().await;
+    let sibling = app.spawn_sibling().await;
+    let client = app.web_client().await;
+    app.create_user("fleet@example.com").await;
+
+    let logins = (0..8).map(|i| {
+        let (at, client) = (if i % 2 == 0 { &app } else { &sibling }, &client);
+        async move { password_login(at, client, "fleet@example.com", PASSWORD).await.0 }
+    });
+    let statuses = futures_join_all(logins).await;
+
+    assert_eq!(statuses, vec![200; 8]);
+    let mut db = sqlx::AnyConnection::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    let (left,): (i64,) = sqlx::query_as("select count(*) from login_attempt")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the last success cleared the count");
+    let _ = db.close().await;
+}
+
+#[tokio::test]
+async fn guesses_sent_side_by_side_reach_the_password_check_only_as_the_schedule_allows() {
+    let app = backoff_app().await;
+    let sibling = app.spawn_sibling().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let mut db = sqlx::AnyConnection::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    // 4 failures, the back-off they earned over: the next attempt backs the
+    // account off for 16 s as soon as it starts.
+    sqlx::query(
+        "insert into login_attempt (username_digest, failures, last_attempt_at, blocked_until) \
+         values ($1, 4, $2, 0)",
+    )
+    .bind(ada_digest())
+    .bind(unix_now())
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    // One guess is checked; the others wait for it to fail, then are
+    // refused uncounted.
+    let guesses = (0..10).map(|i| {
+        let (at, client) = (if i % 2 == 0 { &app } else { &sibling }, &client);
+        async move { password_login(at, client, "ada@example.com", "not it").await.0 }
+    });
+    assert_eq!(futures_join_all(guesses).await, vec![400; 10]);
+
+    let row: (i64, i64) = sqlx::query_as("select failures, in_flight from login_attempt")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(row, (5, 0), "one more guess checked, none still in flight");
+    let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
+    assert_eq!(
+        status, 400,
+        "nothing in flight: the right password is refused at once"
+    );
+    let _ = db.close().await;
+}
+
+#[tokio::test]
+async fn an_attempt_that_never_finishes_holds_a_login_back_only_until_the_backoff_ends() {
+    let app = backoff_app().await;
+    let client = app.web_client().await;
+    app.create_user("ada@example.com").await;
+    let now = unix_now();
+    let mut db = sqlx::AnyConnection::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    // As an instance that died checking the second attempt leaves it: backed
+    // off for 2 s, one attempt in flight for the request timeout.
+    let died = |in_flight_until: i64| {
+        sqlx::query(
+            "insert into login_attempt \
+             (username_digest, failures, last_attempt_at, blocked_until, in_flight, in_flight_until) \
+             values ($1, 2, $2, $3, 1, $4)",
+        )
+        .bind(ada_digest())
+        .bind(now)
+        .bind(now + 2)
+        .bind(in_flight_until)
+    };
+
+    // Gone stale: refused at once, as any backed-off attempt.
+    died(now - 1).execute(&mut db).await.unwrap();
+    let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
+    assert_eq!(status, 400);
+
+    // Still in flight: the login waits, and the back-off ends first.
+    sqlx::query("delete from login_attempt")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    died(now + 30).execute(&mut db).await.unwrap();
+    let waited = std::time::Instant::now();
+    let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
+    assert_eq!(status, 200);
+    assert!(
+        waited.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        waited.elapsed()
+    );
+    let _ = db.close().await;
 }
 
 #[tokio::test]
