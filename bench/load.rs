@@ -285,9 +285,9 @@ enum Source {
     /// length): each user has at most a few logins in flight (two, for 32
     /// connections and 16 users). Taking the users in turn, a user sometimes
     /// had more in flight than the back-off allows
-    /// (`GATEHOUSE_LOGIN_BACKOFF_AFTER`, 5), and the next was refused until
-    /// one of them succeeded: an attempt counts as a failure until it
-    /// succeeds (`store::login_attempt`).
+    /// (`GATEHOUSE_LOGIN_BACKOFF_AFTER`, 5): an attempt counts as a failure
+    /// until it succeeds (`store::login_attempt`), so the next one waited
+    /// for one of them to finish (before, it was refused).
     Password {
         user: usize,
     },

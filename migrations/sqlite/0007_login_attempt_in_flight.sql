@@ -3,7 +3,8 @@
 -- attempts might still fail, a new attempt waits for them instead of being
 -- refused: a success clears the count, and a right password must not be
 -- turned away because other right ones were being checked at the same time.
--- An attempt that never finishes (its instance died, or its request timed
--- out) stops counting as in flight at `in_flight_until`.
+-- An attempt given up halfway takes itself out; one that never finishes
+-- (its instance died) stops counting at `in_flight_until`, a request
+-- timeout after the username's last attempt started.
 alter table login_attempt add column in_flight bigint not null default 0;
 alter table login_attempt add column in_flight_until bigint not null default 0;

@@ -380,7 +380,7 @@ pub async fn login_submit(
     let started: anyhow::Result<()> = async {
         let previous = find_browser_session(state.db.pool(), &TokenDigest::of(cookie), now).await?;
         let mut tx = state.db.begin_write().await?;
-        clear_login_attempts(tx.conn(), &attempt).await?;
+        clear_login_attempts(tx.conn(), attempt.digest()).await?;
         if let Some(previous) = previous {
             end_browser_session(tx.conn(), &previous.id, now).await?;
         }
@@ -392,6 +392,7 @@ pub async fn login_submit(
     if let Err(e) = started {
         return failure_page("login", &e);
     }
+    attempt.cleared();
     tracing::info!(event = "login_succeeded", user_id = %user.id, "browser sign-in");
     let set_cookie = cookies::set(&state.settings, secure(state), SESSION_COOKIE, value.expose());
     let resp = match request {

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::password::Verdict;
 use crate::store::login_attempt::{
     AttemptRules, FINISH_FAILED_ATTEMPT, LoginGate, begin_login_attempt_direct,
-    begin_login_attempt_with_user, clear_login_attempts, finish_failed_attempt,
+    begin_login_attempt_with_user, clear_login_attempts, finish_failed_attempt, peek_login_attempt,
 };
 use crate::store::user::{UserRow, find_login_user, update_user_password_hash};
 use crate::tokens::TokenDigest;
@@ -38,11 +38,51 @@ impl From<anyhow::Error> for LoginRefusal {
     }
 }
 
-/// A username and password that passed, with the back-off key to clear once
-/// the login is recorded.
+/// A username and password that passed, with the attempt still in flight:
+/// the caller clears its back-off row with the login it records, then calls
+/// [`InFlight::cleared`].
 pub struct LoginSuccess {
     pub user: UserRow,
-    pub attempt: TokenDigest,
+    pub attempt: InFlight,
+}
+
+/// A counted attempt in flight (`store::login_attempt`). If it is dropped
+/// before it is settled (an error, a cancelled or timed-out request, a
+/// login that could not be recorded), it takes itself out of the in-flight
+/// count in the background, so that no later login waits for it.
+pub struct InFlight {
+    state: AppState,
+    digest: TokenDigest,
+    settled: bool,
+}
+
+impl InFlight {
+    /// The username's back-off key.
+    pub fn digest(&self) -> &TokenDigest {
+        &self.digest
+    }
+
+    /// The login was recorded and cleared the back-off row with it.
+    pub fn cleared(mut self) {
+        self.settled = true;
+    }
+
+    async fn failed(mut self) {
+        finish_failed(&self.state, &self.digest).await;
+        self.settled = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (state, digest) = (self.state.clone(), self.digest.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { finish_failed(&state, &digest).await });
+        }
+    }
 }
 
 /// Checks a password login. Every refusal costs one argon2 verification and
@@ -58,6 +98,12 @@ pub async fn verify_login(
     let attempt = TokenDigest::of(&lookup);
     let email = (lookup.len() <= 254).then_some(lookup.as_str());
     let (gate, user) = wait_for_gate(state, &attempt, email, now).await?;
+    // From here on an open gate's attempt is settled whatever happens.
+    let in_flight = gate.is_open().then(|| InFlight {
+        state: state.clone(),
+        digest: attempt,
+        settled: false,
+    });
     // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
     let password = crate::domain::normalise_password(password.expose_secret());
     // Unknown users verify a dummy hash and backed-off ones verify all the
@@ -75,8 +121,8 @@ pub async fn verify_login(
                 "login refused"
             );
             state.metrics.login_failed();
-            if gate.is_open() {
-                finish_failed(state, &attempt).await;
+            if let Some(in_flight) = in_flight {
+                in_flight.failed().await;
             }
             if let LoginGate::Open { failures, backoff } = gate
                 && backoff > 0
@@ -91,11 +137,16 @@ pub async fn verify_login(
             return Err(LoginRefusal::Invalid);
         }
     };
+    // Open, or the match above returned.
+    let Some(in_flight) = in_flight else {
+        return Err(LoginRefusal::Invalid);
+    };
     if state.settings.require_verified_email && user.email_verified_at.is_none() {
         // The password was right: the count starts again.
         let mut tx = state.db.begin_write().await?;
-        clear_login_attempts(tx.conn(), &attempt).await?;
+        clear_login_attempts(tx.conn(), in_flight.digest()).await?;
         tx.commit().await?;
+        in_flight.cleared();
         return Err(LoginRefusal::Unverified);
     }
     if verdict == Verdict::RightNeedsRehash {
@@ -115,42 +166,55 @@ pub async fn verify_login(
             Err(e) => tracing::warn!("password rehash failed: {e:#}"),
         }
     }
-    Ok(LoginSuccess { user, attempt })
+    Ok(LoginSuccess {
+        user,
+        attempt: in_flight,
+    })
 }
 
 /// The longest a login waits for the attempts in flight that back its
-/// username off, before it is refused like any backed-off attempt.
+/// username off, before it is refused like any backed-off attempt; at most
+/// half the request timeout, so that the refusal is still `invalid_grant`.
 const MAX_WAIT: Duration = Duration::from_secs(10);
-/// The first pause before asking again, doubling up to [`MAX_PAUSE`]: an
+/// The first pause before looking again, doubling up to [`MAX_PAUSE`]: an
 /// argon2 check takes some tens of milliseconds.
 const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
 
-/// Starts the attempt. While the username is backed off only until the
-/// attempts in flight finish (one of them may succeed and clear it), waits
-/// and asks again, on whichever instance those run: so right passwords
-/// typed side by side all get in, while the guesses that reach the password
-/// check stay those the schedule allows.
+/// Starts the attempt. While the username is backed off and attempts are
+/// still in flight (any of them may succeed and clear it), waits, only
+/// reading the row, until none is or the back-off is over, and starts it
+/// again: on whichever instance those attempts run. Right passwords typed
+/// side by side thus get in one after another, while the guesses that reach
+/// the password check stay those the schedule allows.
 async fn wait_for_gate(
     state: &AppState,
     attempt: &TokenDigest,
     email: Option<&str>,
     now: i64,
 ) -> Result<(LoginGate, Option<UserRow>), LoginRefusal> {
+    let timeout = Duration::from_secs(state.settings.request_timeout.unsigned_abs());
+    let limit = MAX_WAIT.min(timeout / 2);
     let waited_from = tokio::time::Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut at = now;
     loop {
         let (gate, user) = begin_attempt(state, attempt, email, at).await?;
-        match gate {
-            LoginGate::BackedOff { in_flight, .. }
-                if in_flight > 0 && waited_from.elapsed() + pause <= MAX_WAIT =>
-            {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-                at = crate::now().max(now);
+        if !matches!(gate, LoginGate::BackedOff { in_flight, .. } if in_flight > 0) {
+            return Ok((gate, user));
+        }
+        loop {
+            if waited_from.elapsed() + pause > limit {
+                return Ok((gate, user));
             }
-            _ => return Ok((gate, user)),
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+            at = crate::now().max(now);
+            match peek_login_attempt(&state.db, attempt, at).await? {
+                Some((until, in_flight)) if at < until && in_flight > 0 => {}
+                // Cleared, over, or nothing left in flight: start again.
+                _ => break,
+            }
         }
     }
 }
@@ -209,7 +273,7 @@ async fn begin_attempt(
 
 /// Takes a failed attempt out of the in-flight count. Best effort: the
 /// refusal stands either way, and an attempt left in flight stops counting
-/// when its request would have timed out.
+/// a request timeout after the last attempt started.
 async fn finish_failed(state: &AppState, attempt: &TokenDigest) {
     let direct = state
         .db
@@ -222,8 +286,17 @@ async fn finish_failed(state: &AppState, attempt: &TokenDigest) {
         Some(done) => done.map(drop),
         None => {
             // One statement: no transaction, only SQLite's write lock.
-            let _writer = state.db.writer().await;
-            finish_failed_attempt(state.db.pool(), attempt).await
+            async {
+                let _writer = state.db.writer().await;
+                let mut lane = state.db.lane().await?;
+                state
+                    .db
+                    .bounded(finish_failed_attempt(lane.conn(), attempt))
+                    .await?;
+                lane.release();
+                Ok(())
+            }
+            .await
         }
     };
     if let Err(e) = finished {

@@ -205,10 +205,11 @@ async fn password_login(
         digest: token.digest(),
         expires_at: (now + state.settings.refresh_token_ttl).min(session_expires),
     });
-    if !start_password_login(&state.db, &attempt, &session, first).await? {
+    if !start_password_login(&state.db, attempt.digest(), &session, first).await? {
         // Deleted while the password was being checked.
         return Err(Error::invalid_grant());
     }
+    attempt.cleared();
     tracing::info!(event = "login_succeeded", user_id = %user.id, "password login");
     issue_for_user(
         state,

@@ -19,9 +19,11 @@
 //! and the gate tells a back-off they could still lift from one earned by
 //! failures alone ([`LoginGate::BackedOff::in_flight`]): the caller waits
 //! for the first kind and asks again. A success deletes the row; a failure
-//! takes itself out of the in-flight count ([`finish_failed_attempt`]). An
-//! attempt that never finishes (its instance died, its request timed out)
-//! stops counting as in flight after [`AttemptRules::in_flight_for`].
+//! takes itself out of the in-flight count ([`finish_failed_attempt`]), and
+//! so does one given up halfway (an error, a request cancelled). One that
+//! never finishes at all (its instance died) stops counting as in flight
+//! [`AttemptRules::in_flight_for`] after the username's last attempt
+//! started.
 
 use anyhow::Context;
 use sqlx::{Any, Executor, FromRow, Row};
@@ -140,8 +142,8 @@ pub async fn begin_login_attempt(
 
 /// The gate of a username whose attempt was refused: backed off until the
 /// row says, with the attempts it still has in flight. A row gone
-/// meanwhile was cleared by a success: then one in flight, so that the
-/// caller asks again.
+/// meanwhile was cleared by a success (or pruned): then one in flight, so
+/// that the caller asks again.
 async fn backed_off(
     conn: &mut sqlx::AnyConnection,
     username: &TokenDigest,
@@ -286,6 +288,37 @@ const BLOCKED_UNTIL: &str = "select blocked_until, \
      case when in_flight_until < $2 then 0 else in_flight end \
      from login_attempt where username_digest = $1";
 
+/// A username's end of back-off and its attempts in flight at `now`,
+/// reading only (none: no row, never counted, cleared or pruned): what a
+/// login waiting for those attempts looks at.
+pub async fn peek_login_attempt(
+    db: &super::Db,
+    username: &TokenDigest,
+    now: i64,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    use rusqlite::OptionalExtension;
+    db.hot_read(
+        "read login back-off",
+        |c| {
+            c.prepare_cached(BLOCKED_UNTIL)?
+                .query_row(
+                    rusqlite::named_params! {"$1": username.as_bytes(), "$2": now},
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+        },
+        |conn| {
+            Box::pin(
+                sqlx::query_as(BLOCKED_UNTIL)
+                    .bind(username.as_bytes().to_vec())
+                    .bind(now)
+                    .fetch_optional(conn),
+            )
+        },
+    )
+    .await
+}
+
 /// [`finish_failed_attempt`]'s statement.
 pub const FINISH_FAILED_ATTEMPT: &str = "update login_attempt set in_flight = in_flight - 1 \
      where username_digest = $1 and in_flight > 0";
@@ -341,9 +374,9 @@ mod tests {
 
     /// The statement against the rule it implements, step by step: the
     /// count, the back-off it earns, refusals that count nothing, a count
-    /// forgotten after a day, and the attempts in flight: every other one
-    /// fails at once, the rest never finish and stop counting after
-    /// `in_flight_for`.
+    /// forgotten after a day, and the attempts in flight: those started at
+    /// an even instant fail at once, the others never finish and stop
+    /// counting `in_flight_for` after the last start.
     #[tokio::test]
     async fn the_statement_keeps_the_schedule() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;

@@ -227,20 +227,20 @@ async fn failed_logins_back_off_on_every_instance_with_the_answer_of_a_wrong_pas
 
 #[tokio::test]
 async fn right_passwords_typed_side_by_side_all_get_in_on_every_instance() {
-    // Each attempt counts as a failure while it is checked: 8 at once, with
+    // Each attempt counts as a failure while it is checked: 6 at once, with
     // 2 failures allowed, used to find the account backed off by the others.
     let app = backoff_app().await;
     let sibling = app.spawn_sibling().await;
     let client = app.web_client().await;
     app.create_user("fleet@example.com").await;
 
-    let logins = (0..8).map(|i| {
+    let logins = (0..6).map(|i| {
         let (at, client) = (if i % 2 == 0 { &app } else { &sibling }, &client);
         async move { password_login(at, client, "fleet@example.com", PASSWORD).await.0 }
     });
     let statuses = futures_join_all(logins).await;
 
-    assert_eq!(statuses, vec![200; 8]);
+    assert_eq!(statuses, vec![200; 6]);
     let mut db = sqlx::AnyConnection::connect(&app.config.database_url)
         .await
         .unwrap();
@@ -295,44 +295,67 @@ async fn guesses_sent_side_by_side_reach_the_password_check_only_as_the_schedule
 }
 
 #[tokio::test]
-async fn an_attempt_that_never_finishes_holds_a_login_back_only_until_the_backoff_ends() {
-    let app = backoff_app().await;
+async fn an_attempt_that_never_finishes_holds_logins_back_no_longer_than_half_the_request_timeout() {
+    // Requests time out after 8 s: a login waits at most 4 s.
+    let app = TestApp::spawn_with(|c| {
+        c.login_backoff_after = "2".into();
+        c.request_timeout = "8".into();
+    })
+    .await;
     let client = app.web_client().await;
     app.create_user("ada@example.com").await;
-    let now = unix_now();
     let mut db = sqlx::AnyConnection::connect(&app.config.database_url)
         .await
         .unwrap();
-    // As an instance that died checking the second attempt leaves it: backed
-    // off for 2 s, one attempt in flight for the request timeout.
-    let died = |in_flight_until: i64| {
+    // As an instance that died checking the second attempt leaves the row.
+    let died = |blocked_until: i64, in_flight_until: i64| {
         sqlx::query(
             "insert into login_attempt \
              (username_digest, failures, last_attempt_at, blocked_until, in_flight, in_flight_until) \
              values ($1, 2, $2, $3, 1, $4)",
         )
         .bind(ada_digest())
-        .bind(now)
-        .bind(now + 2)
+        .bind(unix_now())
+        .bind(blocked_until)
         .bind(in_flight_until)
     };
+    let forget = || sqlx::query("delete from login_attempt");
 
-    // Gone stale: refused at once, as any backed-off attempt.
-    died(now - 1).execute(&mut db).await.unwrap();
-    let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
-    assert_eq!(status, 400);
-
-    // Still in flight: the login waits, and the back-off ends first.
-    sqlx::query("delete from login_attempt")
+    // Its attempt gone stale: refused, as any backed-off login.
+    died(unix_now() + 600, unix_now() - 1)
         .execute(&mut db)
         .await
         .unwrap();
-    died(now + 30).execute(&mut db).await.unwrap();
+    let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
+    assert_eq!(status, 400);
+
+    // Still in flight, for all the login knows: it waits, and the back-off
+    // ends first.
+    forget().execute(&mut db).await.unwrap();
+    died(unix_now() + 3, unix_now() + 30)
+        .execute(&mut db)
+        .await
+        .unwrap();
     let waited = std::time::Instant::now();
     let (status, _, _) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
     assert_eq!(status, 200);
     assert!(
-        waited.elapsed() >= Duration::from_millis(500),
+        waited.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        waited.elapsed()
+    );
+
+    // A long back-off: it waits 4 s, then is refused with `invalid_grant`.
+    forget().execute(&mut db).await.unwrap();
+    died(unix_now() + 600, unix_now() + 30)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let waited = std::time::Instant::now();
+    let (status, _, body) = password_login(&app, &client, "ada@example.com", PASSWORD).await;
+    assert_eq!((status, body.as_str()), (400, r#"{"error":"invalid_grant"}"#));
+    assert!(
+        waited.elapsed() >= Duration::from_secs(3),
         "{:?}",
         waited.elapsed()
     );
