@@ -303,3 +303,60 @@ async fn finish_failed(state: &AppState, attempt: &TokenDigest) {
         tracing::warn!("failed login left in flight: {e:#}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A successful check hands back its attempt still in flight. Dropped
+    /// unsettled (an error or a cancelled request later on), it takes itself
+    /// out of the count; settled as cleared, it leaves the row to the
+    /// caller's statement.
+    #[tokio::test]
+    async fn an_attempt_given_up_halfway_leaves_nothing_in_flight() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = crate::store::test_database(dir.path()).await?;
+        let mut config = crate::config::Config::for_tests(dir.path(), &url);
+        config.listen = "127.0.0.1:0".into();
+        let app = crate::app::Application::build(config.settings()?).await?;
+        let state = app.state().clone();
+        let password = SecretString::from("correct horse battery staple");
+        let user = UserRow {
+            id: "u-in-flight".into(),
+            email: "ada@example.com".into(),
+            email_lower: "ada@example.com".into(),
+            password_hash: crate::password::hash_blocking(&password)?,
+            name: None,
+            roles: String::new(),
+            email_verified_at: Some(0),
+            disabled_at: None,
+            created_at: 0,
+        };
+        assert!(crate::store::user::insert_user(state.db.pool(), &user).await?);
+        let in_flight = || async {
+            let (n,): (i64,) = sqlx::query_as("select in_flight from login_attempt")
+                .fetch_one(state.db.pool())
+                .await?;
+            anyhow::Ok(n)
+        };
+        let login = || async {
+            verify_login(&state, "Ada@Example.com", &password, crate::now())
+                .await
+                .map_err(|e| anyhow::anyhow!("refused: {e:?}"))
+        };
+
+        let success = login().await?;
+        assert_eq!(in_flight().await?, 1);
+        drop(success);
+        let dropped_at = std::time::Instant::now();
+        while in_flight().await? != 0 {
+            assert!(dropped_at.elapsed() < Duration::from_secs(5), "still in flight");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        login().await?.attempt.cleared();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(in_flight().await?, 1, "settled: the caller clears the row");
+        Ok(())
+    }
+}
