@@ -5,6 +5,6 @@
 -- turned away because other right ones were being checked at the same time.
 -- An attempt given up halfway takes itself out; one that never finishes
 -- (its instance died) stops counting at `in_flight_until`, a request
--- timeout after the username's last attempt started.
+-- timeout and a second after the username's last attempt started.
 alter table login_attempt add column in_flight bigint not null default 0;
 alter table login_attempt add column in_flight_until bigint not null default 0;

@@ -46,10 +46,14 @@ pub struct LoginSuccess {
     pub attempt: InFlight,
 }
 
-/// A counted attempt in flight (`store::login_attempt`). If it is dropped
-/// before it is settled (an error, a cancelled or timed-out request, a
-/// login that could not be recorded), it takes itself out of the in-flight
-/// count in the background, so that no later login waits for it.
+/// A counted attempt in flight (`store::login_attempt`), from the moment its
+/// count is known to be committed. If it is dropped before it is settled (an
+/// error, a cancelled or timed-out request, a login that could not be
+/// recorded), it takes itself out of the in-flight count in the background,
+/// so that no later login waits for it. (A request cancelled while the
+/// counting statement is out, or after a success's clearing commit but
+/// before [`InFlight::cleared`], leaves the count to expire, or takes one
+/// from a new row: a waiting login is then refused a little early.)
 pub struct InFlight {
     state: AppState,
     digest: TokenDigest,
@@ -67,9 +71,12 @@ impl InFlight {
         self.settled = true;
     }
 
+    /// The attempt failed: taken out of the count before the refusal is
+    /// answered, exactly once even if the request is cancelled meanwhile.
     async fn failed(mut self) {
-        finish_failed(&self.state, &self.digest).await;
         self.settled = true;
+        let (state, digest) = (self.state.clone(), self.digest.clone());
+        let _ = tokio::spawn(async move { finish_failed(&state, &digest).await }).await;
     }
 }
 
@@ -97,13 +104,8 @@ pub async fn verify_login(
     // The attempt counts as a failure until it succeeds.
     let attempt = TokenDigest::of(&lookup);
     let email = (lookup.len() <= 254).then_some(lookup.as_str());
-    let (gate, user) = wait_for_gate(state, &attempt, email, now).await?;
-    // From here on an open gate's attempt is settled whatever happens.
-    let in_flight = gate.is_open().then(|| InFlight {
-        state: state.clone(),
-        digest: attempt,
-        settled: false,
-    });
+    // An open gate's attempt comes with its guard: settled whatever happens.
+    let (gate, user, in_flight) = wait_for_gate(state, &attempt, email, now).await?;
     // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
     let password = crate::domain::normalise_password(password.expose_secret());
     // Unknown users verify a dummy hash and backed-off ones verify all the
@@ -174,7 +176,9 @@ pub async fn verify_login(
 
 /// The longest a login waits for the attempts in flight that back its
 /// username off, before it is refused like any backed-off attempt; at most
-/// half the request timeout, so that the refusal is still `invalid_grant`.
+/// half the request timeout, which leaves the other half for the argon2
+/// check that follows, so that the refusal is still `invalid_grant` rather
+/// than the timeout's 503 (unless the machine is far behind).
 const MAX_WAIT: Duration = Duration::from_secs(10);
 /// The first pause before looking again, doubling up to [`MAX_PAUSE`]: an
 /// argon2 check takes some tens of milliseconds.
@@ -192,20 +196,20 @@ async fn wait_for_gate(
     attempt: &TokenDigest,
     email: Option<&str>,
     now: i64,
-) -> Result<(LoginGate, Option<UserRow>), LoginRefusal> {
+) -> Result<(LoginGate, Option<UserRow>, Option<InFlight>), LoginRefusal> {
     let timeout = Duration::from_secs(state.settings.request_timeout.unsigned_abs());
     let limit = MAX_WAIT.min(timeout / 2);
     let waited_from = tokio::time::Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut at = now;
     loop {
-        let (gate, user) = begin_attempt(state, attempt, email, at).await?;
+        let (gate, user, guard) = begin_attempt(state, attempt, email, at).await?;
         if !matches!(gate, LoginGate::BackedOff { in_flight, .. } if in_flight > 0) {
-            return Ok((gate, user));
+            return Ok((gate, user, guard));
         }
         loop {
             if waited_from.elapsed() + pause > limit {
-                return Ok((gate, user));
+                return Ok((gate, user, guard));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
@@ -219,18 +223,26 @@ async fn wait_for_gate(
     }
 }
 
-/// One try at the gate, with the user the address names.
+/// One try at the gate, with the user the address names and, if it opened,
+/// the attempt's guard.
 async fn begin_attempt(
     state: &AppState,
     attempt: &TokenDigest,
     email: Option<&str>,
     now: i64,
-) -> Result<(LoginGate, Option<UserRow>), LoginRefusal> {
+) -> Result<(LoginGate, Option<UserRow>, Option<InFlight>), LoginRefusal> {
+    let guard = |gate: &LoginGate| {
+        gate.is_open().then(|| InFlight {
+            state: state.clone(),
+            digest: attempt.clone(),
+            settled: false,
+        })
+    };
     let rules = AttemptRules {
         backoff_after: state.settings.login_backoff_after,
         // Whole seconds: an attempt started late in second `now` may run
         // into the second after its timeout.
-        in_flight_for: state.settings.request_timeout + 1,
+        in_flight_for: state.settings.request_timeout.saturating_add(1),
     };
     // On an SQLite file the attempt on this thread (`Db::direct_write`) and
     // the user through the reader; else both on one lane (a pooled
@@ -245,11 +257,12 @@ async fn begin_attempt(
     match direct {
         Some(gate) => {
             let gate = gate?;
+            let in_flight = guard(&gate);
             let user = match email {
                 Some(email) => find_login_user(&state.db, email).await?,
                 None => None,
             };
-            Ok((gate, user))
+            Ok((gate, user, in_flight))
         }
         None => {
             let _writer = state.db.writer().await;
@@ -266,7 +279,8 @@ async fn begin_attempt(
                 ))
                 .await?;
             lane.release();
-            Ok(counted)
+            let (gate, user) = counted;
+            Ok((gate, user, guard(&gate)))
         }
     }
 }

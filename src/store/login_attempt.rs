@@ -20,8 +20,9 @@
 //! failures alone ([`LoginGate::BackedOff::in_flight`]): the caller waits
 //! for the first kind and asks again. A success deletes the row; a failure
 //! takes itself out of the in-flight count ([`finish_failed_attempt`]), and
-//! so does one given up halfway (an error, a request cancelled). One that
-//! never finishes at all (its instance died) stops counting as in flight
+//! so, nearly always, does one given up halfway (an error, a request
+//! cancelled: `oauth::login::InFlight`). One that never finishes at all
+//! (its instance died) stops counting as in flight
 //! [`AttemptRules::in_flight_for`] after the username's last attempt
 //! started.
 
@@ -49,8 +50,9 @@ pub struct AttemptRules {
     /// Failures in a row before the back-off starts
     /// (`GATEHOUSE_LOGIN_BACKOFF_AFTER`).
     pub backoff_after: u32,
-    /// Seconds after its start at which an attempt still unfinished no
-    /// longer counts as in flight: the request timeout, since no attempt
+    /// Seconds after the username's last attempt started at which the
+    /// attempts still unfinished no longer count as in flight: the request
+    /// timeout and a second (instants are whole seconds), since no attempt
     /// outlives its request.
     pub in_flight_for: i64,
 }
@@ -324,9 +326,10 @@ pub const FINISH_FAILED_ATTEMPT: &str = "update login_attempt set in_flight = in
      where username_digest = $1 and in_flight > 0";
 
 /// A counted attempt failed: it stays counted, and is no longer in flight.
-/// (Had the row been cleared by a success meanwhile and started again, this
-/// takes one off the new row's count: a waiting attempt is then refused
-/// a little early, never let in.)
+/// (Had the row been cleared by a success meanwhile and started again, or
+/// were this a success cancelled just after its clearing commit, this takes
+/// one off the new row's count: a waiting attempt is then refused a little
+/// early, never let in.)
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn finish_failed_attempt<'e>(
     ex: impl Executor<'e, Database = Any>,
