@@ -287,7 +287,8 @@ async fn begin_attempt(
 
 /// Takes a failed attempt out of the in-flight count. Best effort: the
 /// refusal stands either way, and an attempt left in flight stops counting
-/// a request timeout after the last attempt started.
+/// a request timeout and a second after the username's last attempt
+/// started.
 async fn finish_failed(state: &AppState, attempt: &TokenDigest) {
     let direct = state
         .db
