@@ -105,7 +105,11 @@ pub async fn verify_login(
     let attempt = TokenDigest::of(&lookup);
     let email = (lookup.len() <= 254).then_some(lookup.as_str());
     // An open gate's attempt comes with its guard: settled whatever happens.
-    let (gate, user, in_flight) = wait_for_gate(state, &attempt, email, now).await?;
+    let Started {
+        gate,
+        user,
+        in_flight,
+    } = wait_for_gate(state, &attempt, email, now).await?;
     // Hashes are of the NFKC form (SPEC §6), whatever form was typed.
     let password = crate::domain::normalise_password(password.expose_secret());
     // Unknown users verify a dummy hash and backed-off ones verify all the
@@ -196,20 +200,20 @@ async fn wait_for_gate(
     attempt: &TokenDigest,
     email: Option<&str>,
     now: i64,
-) -> Result<(LoginGate, Option<UserRow>, Option<InFlight>), LoginRefusal> {
+) -> Result<Started, LoginRefusal> {
     let timeout = Duration::from_secs(state.settings.request_timeout.unsigned_abs());
     let limit = MAX_WAIT.min(timeout / 2);
     let waited_from = tokio::time::Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut at = now;
     loop {
-        let (gate, user, guard) = begin_attempt(state, attempt, email, at).await?;
-        if !matches!(gate, LoginGate::BackedOff { in_flight, .. } if in_flight > 0) {
-            return Ok((gate, user, guard));
+        let started = begin_attempt(state, attempt, email, at).await?;
+        if !matches!(started.gate, LoginGate::BackedOff { in_flight, .. } if in_flight > 0) {
+            return Ok(started);
         }
         loop {
             if waited_from.elapsed() + pause > limit {
-                return Ok((gate, user, guard));
+                return Ok(started);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
@@ -223,14 +227,22 @@ async fn wait_for_gate(
     }
 }
 
-/// One try at the gate, with the user the address names and, if it opened,
-/// the attempt's guard.
+/// What one try at the gate found.
+struct Started {
+    gate: LoginGate,
+    /// The user the address names.
+    user: Option<UserRow>,
+    /// The attempt's guard, if the gate opened.
+    in_flight: Option<InFlight>,
+}
+
+/// One try at the gate.
 async fn begin_attempt(
     state: &AppState,
     attempt: &TokenDigest,
     email: Option<&str>,
     now: i64,
-) -> Result<(LoginGate, Option<UserRow>, Option<InFlight>), LoginRefusal> {
+) -> Result<Started, LoginRefusal> {
     let guard = |gate: &LoginGate| {
         gate.is_open().then(|| InFlight {
             state: state.clone(),
@@ -262,7 +274,11 @@ async fn begin_attempt(
                 Some(email) => find_login_user(&state.db, email).await?,
                 None => None,
             };
-            Ok((gate, user, in_flight))
+            Ok(Started {
+                gate,
+                user,
+                in_flight,
+            })
         }
         None => {
             let _writer = state.db.writer().await;
@@ -280,7 +296,11 @@ async fn begin_attempt(
                 .await?;
             lane.release();
             let (gate, user) = counted;
-            Ok((gate, user, guard(&gate)))
+            Ok(Started {
+                in_flight: guard(&gate),
+                gate,
+                user,
+            })
         }
     }
 }

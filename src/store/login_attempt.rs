@@ -335,12 +335,7 @@ pub async fn finish_failed_attempt<'e>(
     ex: impl Executor<'e, Database = Any>,
     username: &TokenDigest,
 ) -> anyhow::Result<()> {
-    sqlx::query(FINISH_FAILED_ATTEMPT)
-        .bind(username.as_bytes().to_vec())
-        .execute(ex)
-        .await
-        .context("finish login attempt")?;
-    Ok(())
+    execute_for(ex, FINISH_FAILED_ATTEMPT, username, "finish login attempt").await
 }
 
 /// [`clear_login_attempts`]' statement.
@@ -352,11 +347,21 @@ pub async fn clear_login_attempts<'e>(
     ex: impl Executor<'e, Database = Any>,
     username: &TokenDigest,
 ) -> anyhow::Result<()> {
-    sqlx::query(CLEAR_LOGIN_ATTEMPTS)
+    execute_for(ex, CLEAR_LOGIN_ATTEMPTS, username, "clear login attempts").await
+}
+
+/// Runs `sql`, whose one parameter `$1` is the username's digest.
+async fn execute_for<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    sql: &'static str,
+    username: &TokenDigest,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    sqlx::query(sql)
         .bind(username.as_bytes().to_vec())
         .execute(ex)
         .await
-        .context("clear login attempts")?;
+        .context(what)?;
     Ok(())
 }
 
