@@ -13,6 +13,9 @@
 # peak RSS during the password flood and start to /ready with an existing
 # key. Prints one table; writes bench/results/NAME.json (NAME=latest unless
 # set).
+#
+# What a workload's CPU goes to, per request (server threads, PostgreSQL,
+# the load generator): bench/split.py, against a running server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
