@@ -38,6 +38,8 @@ pub struct StateInner {
     pub db: Db,
     pub keys: Arc<KeyRing>,
     pub hasher: Hasher,
+    /// Logins waiting for their username's attempts in flight here.
+    pub login_waits: crate::oauth::LoginWaits,
     /// The discovery document, serialised once.
     pub discovery: Bytes,
     /// Delivers queued mail (SMTP or the outbox).
@@ -331,6 +333,7 @@ impl Application {
                 db,
                 keys,
                 hasher,
+                login_waits: crate::oauth::LoginWaits::default(),
                 discovery,
                 mailer,
                 mail_wakeup: Arc::new(tokio::sync::Notify::new()),

@@ -12,6 +12,7 @@ mod userinfo;
 
 pub use client_auth::{ClientCredentials, SecretFailureBudget, authenticate_client};
 pub use introspect::{Introspection, introspect};
+pub use login::LoginWaits;
 pub use login::{LoginRefusal, LoginSuccess, verify_login};
 pub use revoke::revoke;
 pub use token::{

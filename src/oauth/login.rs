@@ -2,6 +2,8 @@
 //! the hosted `/login` page and `/session/login`, so that back-off, timing
 //! and answers are the same wherever a password is typed.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -69,6 +71,7 @@ impl InFlight {
     /// The login was recorded and cleared the back-off row with it.
     pub fn cleared(mut self) {
         self.settled = true;
+        self.state.login_waits.settled(&self.digest);
     }
 
     /// The attempt failed: taken out of the count before the refusal is
@@ -80,14 +83,72 @@ impl InFlight {
     }
 }
 
+/// The logins of this instance waiting for a username's attempts in flight
+/// ([`wait_for_gate`]), woken as soon as one of its attempts here settles;
+/// attempts on other instances are seen by polling. Keyed by username, so
+/// that a settled attempt wakes only the waiters it concerns.
+#[derive(Default)]
+pub struct LoginWaits(Mutex<HashMap<TokenDigest, Waiters>>);
+
+/// One username's waiters: how many, and what wakes them.
+#[derive(Default)]
+struct Waiters {
+    count: usize,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl LoginWaits {
+    /// Wakes the waiters for `attempt`, if any: once its settlement is
+    /// committed (or given up).
+    fn settled(&self, attempt: &TokenDigest) {
+        let waits = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waiters) = waits.get(attempt) {
+            waiters.wake.notify_waiters();
+        }
+    }
+
+    /// Registers a waiter for `attempt` until the returned handle is dropped.
+    fn wait(&self, attempt: &TokenDigest) -> Waiting<'_> {
+        let mut waits = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiters = waits.entry(attempt.clone()).or_default();
+        waiters.count += 1;
+        Waiting {
+            waits: self,
+            attempt: attempt.clone(),
+            wake: waiters.wake.clone(),
+        }
+    }
+}
+
+/// A registered waiter of [`LoginWaits`].
+struct Waiting<'a> {
+    waits: &'a LoginWaits,
+    attempt: TokenDigest,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waits = self.waits.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waiters) = waits.get_mut(&self.attempt) {
+            waiters.count = waiters.count.saturating_sub(1);
+            if waiters.count == 0 {
+                waits.remove(&self.attempt);
+            }
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.settled {
             return;
         }
         let (state, digest) = (self.state.clone(), self.digest.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { finish_failed(&state, &digest).await });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { finish_failed(&state, &digest).await })),
+            // Only when the runtime is already gone: the count expires.
+            Err(_) => tracing::warn!("login attempt left in flight: no runtime to settle it"),
         }
     }
 }
@@ -206,17 +267,31 @@ async fn wait_for_gate(
     let waited_from = tokio::time::Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut at = now;
+    let mut waiting = None;
     loop {
         let started = begin_attempt(state, attempt, email, at).await?;
         if !matches!(started.gate, LoginGate::BackedOff { in_flight, .. } if in_flight > 0) {
             return Ok(started);
         }
+        // Woken by a settlement on this instance, else at the next pause (a
+        // settlement elsewhere, or one here before this registration).
+        let wake = &waiting
+            .get_or_insert_with(|| state.login_waits.wait(attempt))
+            .wake;
+        let mut settled = std::pin::pin!(wake.notified());
+        settled.as_mut().enable();
         loop {
             if waited_from.elapsed() + pause > limit {
                 return Ok(started);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PAUSE);
+            tokio::select! {
+                () = settled.as_mut() => {}
+                () = tokio::time::sleep(pause) => pause = (pause * 2).min(MAX_PAUSE),
+            }
+            // Listening again before the row is read, so that no settlement
+            // after this read goes unnoticed.
+            settled.set(wake.notified());
+            settled.as_mut().enable();
             at = crate::now().max(now);
             match peek_login_attempt(&state.db, attempt, at).await? {
                 Some((until, in_flight)) if at < until && in_flight > 0 => {}
@@ -337,11 +412,52 @@ async fn finish_failed(state: &AppState, attempt: &TokenDigest) {
     if let Err(e) = finished {
         tracing::warn!("failed login left in flight: {e:#}");
     }
+    state.login_waits.settled(attempt);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A settled attempt wakes the waiters of its username, not others', and
+    /// the last waiter to leave takes its entry with it.
+    #[tokio::test]
+    async fn a_settled_attempt_wakes_only_its_usernames_waiters() {
+        let waits = LoginWaits::default();
+        let (ada, bob) = (TokenDigest::of("ada"), TokenDigest::of("bob"));
+        let first = waits.wait(&ada);
+        let second = waits.wait(&ada);
+        let other = waits.wait(&bob);
+        let (ada_wake, bob_wake) = (first.wake.clone(), other.wake.clone());
+        let mut woken = std::pin::pin!(ada_wake.notified());
+        let mut not_woken = std::pin::pin!(bob_wake.notified());
+        woken.as_mut().enable();
+        not_woken.as_mut().enable();
+
+        waits.settled(&ada);
+        let soon = Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(soon, woken).await.is_ok(),
+            "ada's waiter woken"
+        );
+        assert!(
+            tokio::time::timeout(soon, not_woken).await.is_err(),
+            "bob's waiter left asleep"
+        );
+
+        drop(first);
+        assert_eq!(
+            waits.0.lock().map(|w| w.len()).unwrap_or(0),
+            2,
+            "ada still has a waiter"
+        );
+        drop((second, other));
+        assert_eq!(
+            waits.0.lock().map(|w| w.len()).unwrap_or(1),
+            0,
+            "no waiter, no entry"
+        );
+    }
 
     /// A successful check hands back its attempt still in flight. Dropped
     /// unsettled (an error or a cancelled request later on), it takes itself

@@ -74,7 +74,7 @@ impl fmt::Debug for OpaqueToken {
 }
 
 /// SHA-256 of a secret: what the store keeps and compares.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
