@@ -252,7 +252,8 @@ const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 /// Starts the attempt. While the username is backed off and attempts are
 /// still in flight (any of them may succeed and clear it), waits, only
-/// reading the row, until none is or the back-off is over, and starts it
+/// reading the row (as soon as one of them settles on this instance, else
+/// after a pause), until none is or the back-off is over, and starts it
 /// again: on whichever instance those attempts run. Right passwords typed
 /// side by side thus get in one after another, while the guesses that reach
 /// the password check stay those the schedule allows.
