@@ -92,6 +92,10 @@ echo "${CEILINGS}" >"${WORK}/ceilings.json"
 echo "    ${CEILINGS}" >&2
 
 TRIVIAL_URL="http://127.0.0.1:$((PORT + 10))"
+if curl -s -o /dev/null "${TRIVIAL_URL}/"; then
+    echo "bench: something already answers on ${TRIVIAL_URL}; stop it or set PORT" >&2
+    exit 1
+fi
 "${TRIVIAL}" "${TRIVIAL_URL#http://}" &
 PIDS+=($!)
 wait_ready "${TRIVIAL_URL}/" >/dev/null
@@ -137,6 +141,10 @@ bench_backend() { # NAME DATABASE_URL
     local name=$1 dir="${WORK}/$1"
     mkdir -p "${dir}"
     export GATEHOUSE_DATABASE_URL=$2 GATEHOUSE_KEYS_DIR="${dir}/keys"
+    if curl -s -o /dev/null "${URL}/"; then
+        echo "bench: something already answers on ${URL}; stop it or set PORT" >&2
+        return 1
+    fi
     echo "==> ${name}: first start (creates the key), seeding" >&2
     "${GH}" serve 2>>"${dir}/server.log" &
     local server=$!
