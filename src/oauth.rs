@@ -12,8 +12,7 @@ mod userinfo;
 
 pub use client_auth::{ClientCredentials, SecretFailureBudget, authenticate_client};
 pub use introspect::{Introspection, introspect};
-pub use login::LoginWaits;
-pub use login::{LoginRefusal, LoginSuccess, verify_login};
+pub use login::{LoginRefusal, LoginSuccess, LoginWaits, verify_login};
 pub use revoke::revoke;
 pub use token::{
     EMAIL_NOT_VERIFIED, TokenGrant, TokenRequest, cookie_session_login, cookie_session_refresh,
