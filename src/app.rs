@@ -38,7 +38,7 @@ pub struct StateInner {
     pub db: Db,
     pub keys: Arc<KeyRing>,
     pub hasher: Hasher,
-    /// Logins waiting for their username's attempts in flight here.
+    /// This instance's logins waiting for their username's attempts in flight.
     pub login_waits: crate::oauth::LoginWaits,
     /// The discovery document, serialised once.
     pub discovery: Bytes,

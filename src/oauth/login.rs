@@ -98,23 +98,23 @@ struct Waiters {
 }
 
 impl LoginWaits {
-    /// Wakes the waiters for `attempt`, if any: once its settlement is
-    /// committed (or given up).
-    fn settled(&self, attempt: &TokenDigest) {
+    /// To call once an attempt for `username` (its digest) is settled and
+    /// committed, or given up: wakes this instance's waiters for it, if any.
+    fn settled(&self, username: &TokenDigest) {
         let waits = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waiters) = waits.get(attempt) {
+        if let Some(waiters) = waits.get(username) {
             waiters.wake.notify_waiters();
         }
     }
 
-    /// Registers a waiter for `attempt` until the returned handle is dropped.
-    fn wait(&self, attempt: &TokenDigest) -> Waiting<'_> {
+    /// Registers a waiter for `username` until the returned handle is dropped.
+    fn wait(&self, username: &TokenDigest) -> Waiting<'_> {
         let mut waits = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiters = waits.entry(attempt.clone()).or_default();
+        let waiters = waits.entry(username.clone()).or_default();
         waiters.count += 1;
         Waiting {
             waits: self,
-            attempt: attempt.clone(),
+            username: username.clone(),
             wake: waiters.wake.clone(),
         }
     }
@@ -123,17 +123,19 @@ impl LoginWaits {
 /// A registered waiter of [`LoginWaits`].
 struct Waiting<'a> {
     waits: &'a LoginWaits,
-    attempt: TokenDigest,
+    username: TokenDigest,
     wake: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut waits = self.waits.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waiters) = waits.get_mut(&self.attempt) {
+        if let Some(waiters) = waits.get_mut(&self.username) {
+            // Each handle counted once, when it was made.
+            debug_assert!(waiters.count > 0, "a waiter left twice");
             waiters.count = waiters.count.saturating_sub(1);
             if waiters.count == 0 {
-                waits.remove(&self.attempt);
+                waits.remove(&self.username);
             }
         }
     }
@@ -268,19 +270,28 @@ async fn wait_for_gate(
     let waited_from = tokio::time::Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut at = now;
-    let mut waiting = None;
+    let mut waiting: Option<Waiting<'_>> = None;
     loop {
+        // A `Notified` hears every settlement from its creation: once this
+        // login waits, it listens from before each read of the row, so that
+        // no settlement here after that read goes unnoticed. (Before its
+        // first wait, one in between is seen at the first pause.)
+        let listening = waiting.as_ref().map(|w| Arc::clone(&w.wake));
+        let early = listening.as_deref().map(tokio::sync::Notify::notified);
         let started = begin_attempt(state, attempt, email, at).await?;
         if !matches!(started.gate, LoginGate::BackedOff { in_flight, .. } if in_flight > 0) {
             return Ok(started);
         }
         // Woken by a settlement on this instance, else at the next pause (a
-        // settlement elsewhere, or one here before this registration).
-        let wake = &waiting
-            .get_or_insert_with(|| state.login_waits.wait(attempt))
-            .wake;
-        let mut settled = std::pin::pin!(wake.notified());
-        settled.as_mut().enable();
+        // settlement on another instance).
+        let wake = match &listening {
+            Some(wake) => Arc::clone(wake),
+            None => Arc::clone(&waiting.insert(state.login_waits.wait(attempt)).wake),
+        };
+        let mut settled = std::pin::pin!(match early {
+            Some(early) => early,
+            None => wake.notified(),
+        });
         loop {
             if waited_from.elapsed() + pause > limit {
                 return Ok(started);
@@ -289,10 +300,7 @@ async fn wait_for_gate(
                 () = settled.as_mut() => {}
                 () = tokio::time::sleep(pause) => pause = (pause * 2).min(MAX_PAUSE),
             }
-            // Listening again before the row is read, so that no settlement
-            // after this read goes unnoticed.
             settled.set(wake.notified());
-            settled.as_mut().enable();
             at = crate::now().max(now);
             match peek_login_attempt(&state.db, attempt, at).await? {
                 Some((until, in_flight)) if at < until && in_flight > 0 => {}
@@ -432,32 +440,19 @@ mod tests {
         let (ada_wake, bob_wake) = (first.wake.clone(), other.wake.clone());
         let mut woken = std::pin::pin!(ada_wake.notified());
         let mut not_woken = std::pin::pin!(bob_wake.notified());
-        woken.as_mut().enable();
-        not_woken.as_mut().enable();
 
         waits.settled(&ada);
-        let soon = Duration::from_millis(100);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(woken.as_mut().poll(&mut cx).is_ready(), "ada's waiter woken");
         assert!(
-            tokio::time::timeout(soon, woken).await.is_ok(),
-            "ada's waiter woken"
-        );
-        assert!(
-            tokio::time::timeout(soon, not_woken).await.is_err(),
+            not_woken.as_mut().poll(&mut cx).is_pending(),
             "bob's waiter left asleep"
         );
 
         drop(first);
-        assert_eq!(
-            waits.0.lock().map(|w| w.len()).unwrap_or(0),
-            2,
-            "ada still has a waiter"
-        );
+        assert_eq!(waits.0.lock().unwrap().len(), 2, "ada still has a waiter");
         drop((second, other));
-        assert_eq!(
-            waits.0.lock().map(|w| w.len()).unwrap_or(1),
-            0,
-            "no waiter, no entry"
-        );
+        assert_eq!(waits.0.lock().unwrap().len(), 0, "no waiter, no entry");
     }
 
     /// A successful check hands back its attempt still in flight. Dropped
